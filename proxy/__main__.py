@@ -1,0 +1,160 @@
+"""Command line: `tunnelguard run | demo | check` (SPEC section 1)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, Listen, load_default, load_file
+from .logs import Log
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _listen(text: str) -> Listen:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return Listen(host, int(port))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunnelguard",
+        description="A reverse proxy that turns 200-tunnelled errors into honest statuses.",
+    )
+    parser.add_argument("--version", action="version", version=f"tunnelguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve (the embedded default unless --config is given)")
+    run.add_argument("--config", "-c", help="config file (env TUNNELGUARD_CONFIG)")
+    run.add_argument("--upstream", help="upstream URL (env TUNNELGUARD_UPSTREAM)")
+    run.add_argument("--listen", type=_listen, help="proxy HOST:PORT (env TUNNELGUARD_LISTEN)")
+    run.add_argument(
+        "--admin-listen", type=_listen, help="admin HOST:PORT (env TUNNELGUARD_ADMIN_LISTEN)"
+    )
+    run.add_argument("--log-format", choices=("json", "text"), default="json")
+
+    demo = sub.add_parser("demo", help="run a lying demo upstream behind the proxy")
+    demo.add_argument("--listen", type=_listen, default=Listen("127.0.0.1", 8080))
+    demo.add_argument("--admin-listen", type=_listen, default=Listen("127.0.0.1", 9090))
+    demo.add_argument(
+        "--once", action="store_true", help="show the tour and exit instead of serving"
+    )
+
+    check = sub.add_parser("check", help="validate config files and run their tests")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    return parser
+
+
+def _env_listen(name: str) -> Listen | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return _listen(value)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"tunnelguard: {name}: {exc}") from None
+
+
+def load_run_config(args: argparse.Namespace) -> Config:
+    """The config `run` serves: file or embedded default, then flags and env on top."""
+    path = args.config or os.environ.get("TUNNELGUARD_CONFIG") or None
+    upstream = args.upstream or os.environ.get("TUNNELGUARD_UPSTREAM") or None
+    if path is None and upstream is None:
+        raise ConfigError([])  # reported as a usage error by the caller
+    config = load_file(path, upstream) if path else load_default(str(upstream))
+    listen = args.listen or _env_listen("TUNNELGUARD_LISTEN")
+    admin = args.admin_listen or _env_listen("TUNNELGUARD_ADMIN_LISTEN")
+    if listen is not None:
+        config = dataclasses.replace(config, listen=listen)
+    if admin is not None:
+        config = dataclasses.replace(config, admin_listen=admin)
+    return config
+
+
+def _report(errors: ConfigError) -> None:
+    for problem in errors.problems:
+        print(problem.render(), file=sys.stderr)
+
+
+def _failing_tests(config: Config) -> list[str]:
+    from .ruletests import run_tests
+
+    lines = []
+    for outcome in run_tests(config):
+        if not outcome.passed:
+            where = f"{config.source}:{outcome.test.line}" if outcome.test.line else config.source
+            lines.append(f"{where}: test {outcome.test.name!r} failed")
+            lines.extend(f"    {m}" for m in outcome.mismatches)
+    return lines
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_run_config(args)
+    except ConfigError as errors:
+        if not errors.problems:
+            print(
+                "tunnelguard run: give --config FILE or --upstream URL "
+                "(or TUNNELGUARD_CONFIG / TUNNELGUARD_UPSTREAM)",
+                file=sys.stderr,
+            )
+        _report(errors)
+        return EXIT_USAGE
+    failing = _failing_tests(config)
+    if failing:
+        print("\n".join(failing), file=sys.stderr)
+        return EXIT_USAGE
+    from .app import serve
+
+    return _run_async(serve(config, Log(args.log_format)))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            config = load_file(path)
+        except ConfigError as errors:
+            _report(errors)
+            status = EXIT_FAILURE
+            continue
+        failing = _failing_tests(config)
+        if failing:
+            print("\n".join(failing), file=sys.stderr)
+            status = EXIT_FAILURE
+            continue
+        print(f"{path}: ok ({len(config.tests)} tests passed)")
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return _run_async(run_demo(args.listen, args.admin_listen, once=args.once))
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    import uvloop
+
+    try:
+        return uvloop.run(coro)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"run": cmd_run, "check": cmd_check, "demo": cmd_demo}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Wiring: the proxy listener, the admin listener, the shared client session."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from aiohttp import ClientSession, web
+
+from .admin import build_admin
+from .config import Config, Listen
+from .handler import Proxy
+from .logs import Log
+from .metrics import Metrics
+from .runtime import Runtime, build
+from .upstream import new_session
+
+
+class TunnelGuard:
+    """One serving process: build it from a config, `start()`, then `stop()`."""
+
+    def __init__(self, config: Config, log: Log | None = None, metrics: Metrics | None = None):
+        self.runtime: Runtime = build(config)
+        self.log = log or Log()
+        self.metrics = metrics or Metrics()
+        self.draining = False
+        self._session: ClientSession | None = None
+        self._runners: list[web.BaseRunner] = []
+        self.proxy_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    def ready(self) -> bool:
+        return not self.draining and self._session is not None
+
+    async def start(self) -> None:
+        config = self.config
+        self._session = new_session()
+        proxy = Proxy(lambda: self.runtime, self._session, self.metrics)
+        server = web.Server(
+            proxy.handle,
+            handler_cancellation=True,  # a client that hangs up cancels its upstream call
+            keepalive_timeout=config.server.keepalive_timeout,
+            auto_decompress=False,  # request bodies are forwarded as sent
+            access_log=None,  # tunnelguard writes its own (SPEC section 9)
+        )
+        self.proxy_address = await self._listen(web.ServerRunner(server), config.listen)
+        admin = build_admin(self.metrics, lambda: self.config, self.ready)
+        self.admin_address = await self._listen(
+            web.AppRunner(admin, access_log=None), config.admin_listen
+        )
+        self.log.event(
+            "startup",
+            listen=_url(self.proxy_address),
+            admin=_url(self.admin_address),
+            routes=[r.name for r in self.runtime.routes],
+            upstreams=[u.name for u in config.upstreams],
+            config=config.source,
+        )
+
+    async def _listen(self, runner: web.BaseRunner, listen: Listen) -> tuple[str, int]:
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        await site.start()
+        address = runner.addresses[-1]
+        return str(address[0]), int(address[1])
+
+    async def stop(self) -> None:
+        self.draining = True
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.log.event("shutdown")
+
+
+def _url(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return ""
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(config: Config, log: Log) -> int:
+    """Serve until SIGINT or SIGTERM; return the process exit code."""
+    app = TunnelGuard(config, log)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+    except OSError as exc:
+        log.event("error", message=f"cannot listen: {exc}")
+        await app.stop()
+        return 1
+    await stop.wait()
+    await app.stop()
+    return 0

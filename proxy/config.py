@@ -1,0 +1,259 @@
+"""Configuration: YAML (`version: 1`) parsed once, strictly, into frozen dataclasses.
+
+Every problem found is collected (not just the first) and reported as
+`FILE:LINE:COL: yaml.path: message`.  The data shapes live here; the checks that
+walk a document live in `configparse`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .yamlsrc import Source, YamlError, load
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
+
+RETRY_REASONS = ("connect_error", "timeout", "429", "502", "503", "504")
+ACTIONS = ("rewrite", "flag")
+BODIES = ("keep", "problem")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config file, with its position when known."""
+
+    file: str
+    line: int | None
+    col: int | None
+    path: str
+    message: str
+
+    def render(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}:{self.col}"
+        return f"{where}: {self.path or '(document)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` lists every error found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(p.render() for p in problems))
+        self.problems = tuple(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 2.0
+    response: float = 30.0  # until the response head arrives
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 2  # total tries; 1 disables retries
+    on: tuple[str, ...] = ("connect_error",)
+    backoff: float = 0.1
+    max_backoff: float = 2.0
+    budget: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failure_ratio: float = 0.5
+    min_requests: int = 20
+    window: float = 10.0
+    open_for: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    timeouts: Timeouts = Timeouts()
+    max_concurrency: int = 256
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: BreakerPolicy | None = None
+    retry_after: float = 5.0
+    preserve_host: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path_prefix: str = "/"  # whole path segments; stored without a trailing slash
+    host: str | None = None  # lower case, no port
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    upstream: str
+    match: RouteMatch = RouteMatch()
+    strip_prefix: bool = False
+    rules: tuple[str, ...] = ()
+    action: str | None = None  # overrides every rule's action on this route
+    jsonrpc_codes: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InspectConfig:
+    max_body_bytes: int = 1 << 20
+    max_decoded_bytes: int = 4 << 20
+    content_types: tuple[str, ...] = ("application/json", "application/*+json")
+    statuses: tuple[tuple[int, int], ...] = ((200, 299),)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A leaf test: `op` is exists | equals | in | matches | nonempty."""
+
+    path: str
+    op: str
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    items: tuple[When, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    items: tuple[When, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    item: When
+
+
+When = Condition | AllOf | AnyOf | Not
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRange:
+    min: int
+    max: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSpec:
+    """Either a fixed status, or `from` a pointer through map -> ranges -> default."""
+
+    fixed: int | None = None
+    source: str | None = None
+    map: tuple[tuple[str, int], ...] = ()
+    ranges: tuple[StatusRange, ...] = ()
+    default: int = 502
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    when: When
+    status: StatusSpec
+    action: str = "rewrite"
+    body: str = "keep"
+    retry_after_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TestResponse:
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class TestExpect:
+    status: int | None = None
+    rule: str | None = None  # "" means: no rule may match
+    action: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTest:
+    name: str
+    route: str | None
+    rules: tuple[str, ...] | None
+    response: TestResponse
+    expect: TestExpect
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10000
+    max_head_bytes: int = 16 << 10
+    max_request_body: int = 0  # 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class DrainConfig:
+    delay: float = 0.0
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    upstreams: tuple[UpstreamConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    listen: Listen = Listen("127.0.0.1", 8080)
+    admin_listen: Listen = Listen("127.0.0.1", 9090)
+    rules: tuple[RuleConfig, ...] = ()
+    tests: tuple[RuleTest, ...] = ()
+    inspect: InspectConfig = InspectConfig()
+    drain: DrainConfig = DrainConfig()
+    server: ServerLimits = ServerLimits()
+    action: str | None = None  # global override (report-only rollout with `flag`)
+    source: str = "<config>"
+    upstream_by_name: dict[str, UpstreamConfig] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self.upstream_by_name.update({u.name: u for u in self.upstreams})
+
+
+def parse_text(text: str, file: str = "<config>", upstream_url: str | None = None) -> Config:
+    """Parse a YAML document; raise ConfigError listing every problem."""
+    from .configparse import parse_document  # the walker; kept apart to stay readable
+
+    try:
+        source: Source = load(text, file)
+    except YamlError as exc:
+        line = exc.mark.line if exc.mark else None
+        col = exc.mark.col if exc.mark else None
+        raise ConfigError([Problem(file, line, col, "", exc.message)]) from None
+    return parse_document(source, upstream_url)
+
+
+def load_file(path: str | Path, upstream_url: str | None = None) -> Config:
+    """Read and parse a config file; unreadable files are ConfigErrors too."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(name, None, None, "", f"cannot read file: {reason}")]) from None
+    return parse_text(text, name, upstream_url)
+
+
+def load_default(upstream_url: str) -> Config:
+    """The embedded default (SPEC section 3) in front of `upstream_url`."""
+    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
+    return parse_text(text, "default.yaml", upstream_url)

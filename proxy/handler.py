@@ -1,0 +1,248 @@
+"""The life of one proxied request, top to bottom.
+
+route -> forward (headers cleaned, body streamed) -> on failure answer from the table
+-> decide to inspect or stream -> evaluate rules -> rewrite or flag -> count -> respond.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import ClientResponse, ClientSession, web
+
+from . import headers as h
+from . import inspect as ins
+from .metrics import UNMATCHED_ROUTE, Metrics
+from .problem import CONTENT_TYPE, problem_body, trace_context
+from .rewrite import NEEDS_RETRY_AFTER, Delivery, apply_verdict
+from .rules import Verdict
+from .runtime import Route, Runtime
+from .upstream import Failure, UpstreamFailure, is_retry_safe, iter_body, send, target_url
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for metrics and the access log."""
+
+    code: int = 0
+    true_status: int = 0
+    source: str = "upstream"
+    verdict: Verdict | None = None
+    failure: Failure | None = None
+
+
+class Proxy:
+    """The request handler; `runtime()` returns the config snapshot to serve with."""
+
+    def __init__(
+        self, runtime: Callable[[], Runtime], session: ClientSession, metrics: Metrics
+    ) -> None:
+        self._runtime = runtime
+        self._session = session
+        self._metrics = metrics
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        runtime = self._runtime()  # this request keeps this snapshot, even across a reload
+        trace_id, traceparent = trace_context(request.headers.get("traceparent"))
+        route = runtime.route_for(request.host, request.raw_path)
+        outcome = Outcome()
+        if route is None:
+            response = _problem(404, "no_route", "no route matches this request", trace_id)
+            outcome.code = outcome.true_status = 404
+            outcome.source = "proxy"
+            self._count(UNMATCHED_ROUTE, request.method, outcome, started)
+            return response
+        gauge = self._metrics.in_flight_for(route.name)
+        gauge.inc()
+        try:
+            return await self._proxy(request, route, runtime, trace_id, traceparent, outcome)
+        finally:
+            gauge.dec()
+            self._count(route.name, request.method, outcome, started)
+
+    async def _proxy(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        runtime: Runtime,
+        trace_id: str,
+        traceparent: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        upstream = route.upstream
+        out_headers = h.request_headers(
+            request.raw_headers,
+            client_ip=request.remote,
+            scheme=request.scheme,
+            upstream_host=route.upstream_host,
+            traceparent=traceparent,
+        )
+        url = target_url(route.base_url, route.upstream_target(request.raw_path))
+        body = request.content if request.body_exists else None
+        try:
+            attempt = await send(self._session, upstream, request.method, url, out_headers, body)
+        except UpstreamFailure as failed:
+            retry_safe = is_retry_safe(request.method, "idempotency-key" in request.headers)
+            return self._failure(failed.failure, route, retry_safe, trace_id, outcome)
+        resp = attempt.response
+        try:
+            self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
+            return await self._respond(request, route, runtime, resp, trace_id, outcome)
+        finally:
+            if resp.content.is_eof():
+                resp.release()  # fully read: the connection goes back to the pool
+            else:
+                resp.close()  # unread bytes would poison a reused connection
+
+    # -- answering -----------------------------------------------------------------------------
+
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        runtime: Runtime,
+        resp: ClientResponse,
+        trace_id: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        status = resp.status
+        headers = h.response_headers(resp.raw_headers)
+        if status in NEEDS_RETRY_AFTER and h.get(headers, "retry-after") is None:
+            headers.append(("Retry-After", str(route.fallback_retry_after)))  # SPEC 6.1
+        outcome.code = outcome.true_status = status
+        policy = runtime.inspect
+        if not route.rules or not policy.wants_status(request.method, status):
+            return await _stream(request, resp, status, headers, [])
+        mtype = ins.media_type(resp.headers.get("Content-Type"))
+        codings = ins.encodings(resp.headers.get("Content-Encoding"))
+        reason = policy.skip_reason(mtype, codings, resp.content_length)
+        if reason is not None:
+            self._metrics.count_inspection(route.name, reason)
+            return await _stream(request, resp, status, headers, [])
+
+        chunks, complete = await _buffer(resp, policy.max_body_bytes)
+        if not complete:  # larger than declared (or undeclared): pass it through
+            self._metrics.count_inspection(route.name, ins.SKIPPED_SIZE)
+            return await _stream(request, resp, status, headers, chunks)
+        raw = b"".join(chunks)
+        examined = ins.examine(route.rules, policy, raw, mtype, codings)
+        self._metrics.count_inspection(route.name, examined.result)
+        verdict = examined.verdict
+        if verdict is None:
+            return await _send(request, Delivery(status, headers, None), raw)
+
+        self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
+        outcome.verdict = verdict
+        outcome.true_status = verdict.status
+        delivery = apply_verdict(
+            verdict,
+            status,
+            headers,
+            decoded_json=examined.decoded,
+            fallback_retry_after=route.fallback_retry_after,
+            trace_id=trace_id,
+        )
+        outcome.code = delivery.status
+        outcome.source = "flagged" if verdict.action == "flag" else "rewritten"
+        return await _send(request, delivery, raw)
+
+    def _failure(
+        self, failure: Failure, route: Route, retry_safe: bool, trace_id: str, outcome: Outcome
+    ) -> web.StreamResponse:
+        self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
+        outcome.code = outcome.true_status = failure.status
+        outcome.source = "proxy"
+        outcome.failure = failure
+        retry_after = route.fallback_retry_after if retry_safe else None
+        detail = failure.title
+        if failure.may_have_reached and not retry_safe:
+            detail += (
+                "; the upstream may have completed the request, so it is not safe to retry "
+                "blindly (RFC 9110 9.2.2)"
+            )
+        response = _problem(failure.status, failure.error, detail, trace_id, retry_after)
+        response.headers["Proxy-Status"] = f"tunnelguard; error={failure.error}"
+        return response
+
+    def _count(self, route: str, method: str, outcome: Outcome, started: float) -> None:
+        self._metrics.count_request(
+            route,
+            method,
+            outcome.code or 500,
+            outcome.true_status or outcome.code or 500,
+            outcome.source,
+            time.perf_counter() - started,
+        )
+
+
+def _problem(
+    status: int, error: str, detail: str, trace_id: str, retry_after: int | None = None
+) -> web.Response:
+    body = problem_body(status, error, detail, trace_id, retryable=retry_after is not None)
+    response = web.Response(status=status, body=body, content_type=CONTENT_TYPE)
+    response.headers["Cache-Control"] = "no-store"
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def _buffer(resp: ClientResponse, limit: int) -> tuple[list[bytes], bool]:
+    """Read the body up to `limit` bytes; (chunks, True) when it ended within the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in iter_body(resp):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return chunks, False
+    return chunks, True
+
+
+def _start(status: int, reason: str | None, headers: h.Headers) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, reason=reason)
+    target = response.headers
+    for name, value in headers:
+        target.add(name, value)
+    return response
+
+
+async def _send(request: web.BaseRequest, delivery: Delivery, raw: bytes) -> web.StreamResponse:
+    """Answer with a fully buffered body (the upstream's `raw` unless replaced)."""
+    body = raw if delivery.body is None else delivery.body
+    response = _start(delivery.status, None, delivery.headers)
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body)
+    await response.write_eof()
+    return response
+
+
+async def _stream(
+    request: web.BaseRequest,
+    resp: ClientResponse,
+    status: int,
+    headers: h.Headers,
+    already: list[bytes],
+) -> web.StreamResponse:
+    """Relay the upstream body as it arrives, after any `already` buffered chunks.
+
+    A failure after the head was sent aborts the client connection: a truncated body
+    must never look like a complete one (SPEC 6.1, last row)."""
+    response = _start(status, resp.reason, headers)
+    if resp.content_length is not None:
+        response.content_length = resp.content_length
+    await response.prepare(request)
+    try:
+        for chunk in already:
+            await response.write(chunk)
+        async for chunk in iter_body(resp):
+            await response.write(chunk)
+    except UpstreamFailure:
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    await response.write_eof()
+    return response

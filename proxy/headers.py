@@ -1,0 +1,131 @@
+"""Header handling at the proxy boundary (SPEC section 7, RFC 9110 7.6).
+
+Header lists are `list[tuple[str, str]]` in wire order so that repeated headers
+(`Set-Cookie`, `Via`) keep their order; names are compared case-insensitively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Headers = list[tuple[str, str]]
+
+VIA = "1.1 tunnelguard"
+
+# RFC 9110 7.6.1 plus the legacy ones every proxy strips (RFC 2616 13.5.1).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+_VERDICT_PREFIX = "tunnelguard-"
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """Header names listed in `Connection` are hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def decode_raw(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    # latin-1 round-trips every byte: nothing the peer sent is altered
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    client_ip: str | None,
+    scheme: str,
+    upstream_host: str | None,
+    traceparent: str,
+) -> Headers:
+    """Headers to send upstream: hop-by-hop removed, forwarding headers appended.
+
+    `upstream_host` replaces the client's Host when `preserve_host: false`.
+    """
+    headers = decode_raw(raw)
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    out: Headers = []
+    host = ""
+    xff: list[str] = []
+    xfp: list[str] = []
+    xfh: list[str] = []
+    via: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop or lower == "traceparent":
+            continue
+        if lower == "host":
+            host = value
+            if upstream_host is not None:
+                continue
+        elif lower == "x-forwarded-for":
+            xff.append(value)
+            continue
+        elif lower == "x-forwarded-proto":
+            xfp.append(value)
+            continue
+        elif lower == "x-forwarded-host":
+            xfh.append(value)
+            continue
+        elif lower == "via":
+            via.append(value)
+            continue
+        out.append((name, value))
+    if upstream_host is not None:
+        out.append(("Host", upstream_host))
+    # appended, never trusted: the client's values stay first, ours is last
+    out.append(("X-Forwarded-For", ", ".join([*xff, client_ip or "unknown"])))
+    out.append(("X-Forwarded-Proto", ", ".join([*xfp, scheme])))
+    if host:
+        out.append(("X-Forwarded-Host", ", ".join([*xfh, host])))
+    elif xfh:
+        out.append(("X-Forwarded-Host", ", ".join(xfh)))
+    out.append(("Via", ", ".join([*via, VIA])))
+    out.append(("traceparent", traceparent))
+    return out
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Upstream response headers to pass on: hop-by-hop, framing and any verdict
+    the upstream tried to state (`Tunnelguard-*`) removed; `Via` appended."""
+    headers = decode_raw(raw)
+    drop = HOP_BY_HOP | _connection_tokens(headers) | {"content-length"}
+    out: Headers = []
+    via: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop or lower.startswith(_VERDICT_PREFIX):
+            continue
+        if lower == "via":
+            via.append(value)
+            continue
+        out.append((name, value))
+    out.append(("Via", ", ".join([*via, VIA])))
+    return out
+
+
+def get(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of `name`, or None."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def without(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> Headers:
+    return [(k, v) for k, v in headers if k.lower() not in names]

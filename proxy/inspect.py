@@ -1,0 +1,209 @@
+"""Deciding what to buffer, and decoding a buffered body into JSON, within fixed bounds.
+
+Only responses that can carry a tunnelled error are buffered (SPEC section 5).  The
+bounds protect the process: `max_body_bytes` caps the memory one in-flight response
+can hold, `max_decoded_bytes` caps what a compressed body may expand to (a 1 MiB gzip
+bomb can inflate to gigabytes; we stop at the cap and pass the body through).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import brotli
+import orjson
+import zstandard
+
+from .config import InspectConfig
+from .rules import Verdict
+
+# inspections_total{result} values (SPEC section 8)
+MATCHED = "matched"
+CLEAN = "clean"
+SKIPPED_SIZE = "skipped_size"
+SKIPPED_CONTENT_TYPE = "skipped_content_type"
+SKIPPED_ENCODING = "skipped_encoding"
+INVALID_JSON = "invalid_json"
+RESULTS = (MATCHED, CLEAN, SKIPPED_SIZE, SKIPPED_CONTENT_TYPE, SKIPPED_ENCODING, INVALID_JSON)
+
+_BOM = b"\xef\xbb\xbf"
+_DECODERS = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "identity"})
+
+
+def media_type(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def encodings(content_encoding: str | None) -> tuple[str, ...]:
+    """Content codings in the order they were applied (RFC 9110 8.4)."""
+    if not content_encoding:
+        return ()
+    return tuple(e.strip().lower() for e in content_encoding.split(",") if e.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class InspectPolicy:
+    """`InspectConfig` compiled for the per-response decision."""
+
+    max_body_bytes: int
+    max_decoded_bytes: int
+    exact_types: frozenset[str]
+    wildcard_types: tuple[tuple[str, str], ...]  # (type, subtype suffix); suffix "" = any
+    statuses: frozenset[int]
+
+    @classmethod
+    def compile(cls, config: InspectConfig) -> InspectPolicy:
+        exact, wild = set(), []
+        for t in config.content_types:
+            major, _, minor = t.partition("/")
+            if "*" in minor:
+                wild.append((major, minor.replace("*", "", 1)))
+            else:
+                exact.add(t)
+        statuses = frozenset(s for lo, hi in config.statuses for s in range(lo, hi + 1))
+        return cls(
+            config.max_body_bytes,
+            config.max_decoded_bytes,
+            frozenset(exact),
+            tuple(wild),
+            statuses,
+        )
+
+    def wants_status(self, method: str, status: int) -> bool:
+        """Could this response carry a tunnelled error at all?  (Not counted when not.)"""
+        return status in self.statuses and method != "HEAD"
+
+    def is_json(self, mtype: str) -> bool:
+        if mtype in self.exact_types:
+            return True
+        major, _, minor = mtype.partition("/")
+        return any(
+            (major == m or m == "*") and minor.endswith(suffix) for m, suffix in self.wildcard_types
+        )
+
+    def skip_reason(
+        self, mtype: str, codings: tuple[str, ...], content_length: int | None
+    ) -> str | None:
+        """Why a candidate response is streamed uninspected, or None to buffer it."""
+        if not self.is_json(mtype):
+            return SKIPPED_CONTENT_TYPE
+        if any(c not in _DECODERS for c in codings):
+            return SKIPPED_ENCODING
+        if content_length is not None and content_length > self.max_body_bytes:
+            return SKIPPED_SIZE
+        return None
+
+
+class Undecodable(Exception):
+    """The body cannot be inspected; `result` is the inspections_total label."""
+
+    def __init__(self, result: str) -> None:
+        super().__init__(result)
+        self.result = result
+
+
+def decode(body: bytes, codings: tuple[str, ...], cap: int) -> bytes:
+    """Undo the content codings, never producing more than `cap` bytes."""
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        try:
+            body = _DECODE[coding](body, cap)
+        except Undecodable:
+            raise
+        except (zlib.error, brotli.error, zstandard.ZstdError, ValueError):
+            raise Undecodable(SKIPPED_ENCODING) from None
+    return body
+
+
+def _gzip(body: bytes, cap: int) -> bytes:
+    return _zlib(body, cap, 16 + zlib.MAX_WBITS)
+
+
+def _deflate(body: bytes, cap: int) -> bytes:
+    # "deflate" is meant to be zlib-wrapped (RFC 9110 8.4.1.2), but servers send raw too.
+    try:
+        return _zlib(body, cap, zlib.MAX_WBITS)
+    except zlib.error:
+        return _zlib(body, cap, -zlib.MAX_WBITS)
+
+
+def _zlib(body: bytes, cap: int, wbits: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, cap + 1)
+    if len(out) > cap:
+        raise Undecodable(SKIPPED_SIZE)
+    if not d.eof:
+        raise Undecodable(SKIPPED_ENCODING)  # truncated stream
+    return out
+
+
+def _br(body: bytes, cap: int) -> bytes:
+    d = brotli.Decompressor()
+    out: bytes = d.process(body, output_buffer_limit=cap + 1)
+    if len(out) > cap:
+        raise Undecodable(SKIPPED_SIZE)
+    if not d.is_finished():
+        raise Undecodable(SKIPPED_ENCODING)
+    return out
+
+
+def _zstd(body: bytes, cap: int) -> bytes:
+    with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+        out: bytes = reader.read(cap + 1)
+    if len(out) > cap:
+        raise Undecodable(SKIPPED_SIZE)
+    return out
+
+
+_DECODE = {"gzip": _gzip, "x-gzip": _gzip, "deflate": _deflate, "br": _br, "zstd": _zstd}
+
+
+def parse_json(data: bytes) -> object:
+    """Parse a decoded body; a UTF-8 BOM is tolerated (RFC 8259 section 8.1)."""
+    if data.startswith(_BOM):
+        data = data[3:]
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise Undecodable(INVALID_JSON) from None
+
+
+def strip_bom(data: bytes) -> bytes:
+    return data[3:] if data.startswith(_BOM) else data
+
+
+class Ruleset(Protocol):
+    def evaluate(self, doc: object, media_type: str) -> Verdict | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Examined:
+    """The result of inspecting one complete buffered body."""
+
+    result: str  # inspections_total{result}
+    verdict: Verdict | None = None
+    decoded: bytes = b""  # the JSON text (BOM removed), when it parsed
+
+
+def examine(
+    rules: Ruleset, policy: InspectPolicy, raw: bytes, mtype: str, codings: tuple[str, ...]
+) -> Examined:
+    """Decode, parse and evaluate a buffered body.  Pure; never raises on bad input."""
+    try:
+        decoded = decode(raw, codings, policy.max_decoded_bytes)
+        doc = parse_json(decoded)
+    except Undecodable as why:
+        return Examined(why.result)
+    try:
+        verdict = rules.evaluate(doc, mtype)
+    except RecursionError:  # a pathological nesting depth: treat as not matching
+        verdict = None
+    if verdict is None:
+        return Examined(CLEAN)
+    return Examined(MATCHED, verdict, strip_bom(decoded))

@@ -1,0 +1,152 @@
+"""Prometheus metrics (SPEC section 8), owned by one object with its own registry.
+
+Labels are bounded: route, rule and upstream names come from the config, methods
+outside the standard set are `other`, statuses are numbers.  Children are created
+once and cached, because `.labels()` takes a lock and does a lookup per call.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import __version__
+
+PREFIX = "tunnelguard_"
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+# Proxy latency: most answers take milliseconds, a timed-out one tens of seconds.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+UNMATCHED_ROUTE = "(unmatched)"
+SOURCES = ("upstream", "rewritten", "flagged", "proxy")
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """Every tunnelguard metric, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "Requests answered, by delivered code and true class.",
+            ("route", "method", "code", "class", "source"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Time from request received to response complete, by true class.",
+            ("route", "class"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            PREFIX + "upstream_duration_seconds",
+            "Time from sending the request upstream to receiving the response head.",
+            ("route", "upstream"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tunnelled_errors = Counter(
+            PREFIX + "tunnelled_errors_total",
+            "Errors found in response bodies, by rule, action and mapped status.",
+            ("route", "rule", "action", "status"),
+            registry=r,
+        )
+        self.inspections = Counter(
+            PREFIX + "inspections_total",
+            "Responses considered for inspection, by result.",
+            ("route", "result"),
+            registry=r,
+        )
+        self.upstream_failures = Counter(
+            PREFIX + "upstream_failures_total",
+            "Upstream attempts that failed, by kind.",
+            ("upstream", "kind"),
+            registry=r,
+        )
+        self.retries = Counter(
+            PREFIX + "retries_total",
+            "Retries sent upstream, by reason.",
+            ("upstream", "reason"),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            PREFIX + "in_flight_requests",
+            "Requests being served now.",
+            ("route",),
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            PREFIX + "circuit_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+            ("upstream",),
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            PREFIX + "config_reloads_total",
+            "Config reloads, by result.",
+            ("result",),
+            registry=r,
+        )
+        self.build_info = Gauge(
+            PREFIX + "build_info", "Build information.", ("version",), registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        self._requests: dict[tuple[str, str, int, str, str], Counter] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._upstream_durations: dict[tuple[str, str], Histogram] = {}
+        self._inspections: dict[tuple[str, str], Counter] = {}
+        self._in_flight: dict[str, Gauge] = {}
+
+    # Children are cached per label tuple; every label value is bounded (see module doc).
+
+    def count_request(
+        self, route: str, method: str, code: int, true_status: int, source: str, seconds: float
+    ) -> None:
+        cls = status_class(true_status)
+        key = (route, method, code, cls, source)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(
+                route, method_label(method), str(code), cls, source
+            )
+        child.inc()
+        hkey = (route, cls)
+        hist = self._durations.get(hkey)
+        if hist is None:
+            hist = self._durations[hkey] = self.request_duration.labels(route, cls)
+        hist.observe(seconds)
+
+    def observe_upstream(self, route: str, upstream: str, seconds: float) -> None:
+        key = (route, upstream)
+        hist = self._upstream_durations.get(key)
+        if hist is None:
+            hist = self._upstream_durations[key] = self.upstream_duration.labels(route, upstream)
+        hist.observe(seconds)
+
+    def count_inspection(self, route: str, result: str) -> None:
+        key = (route, result)
+        child = self._inspections.get(key)
+        if child is None:
+            child = self._inspections[key] = self.inspections.labels(route, result)
+        child.inc()
+
+    def count_tunnelled(self, route: str, rule: str, action: str, status: int) -> None:
+        self.tunnelled_errors.labels(route, rule, action, str(status)).inc()
+
+    def in_flight_for(self, route: str) -> Gauge:
+        gauge = self._in_flight.get(route)
+        if gauge is None:
+            gauge = self._in_flight[route] = self.in_flight.labels(route)
+        return gauge

@@ -1,0 +1,357 @@
+"""The built-in presets of SPEC 4.4: `slack`, `graphql`, `jsonrpc`, `error-envelope`.
+
+A preset looks at ONE parsed JSON value (orjson output) and says whether it is a tunnelled
+error and which honest status it stands for.  Top-level arrays (JSON-RPC batches) are split by
+the caller (SPEC 4.1), so a preset handed anything but an object finds nothing.
+
+Every table is built at import or at `build_preset` time; `evaluate` only does lookups, and
+never raises on any JSON value: a value of the wrong type is treated as absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, Protocol
+
+PRESET_NAMES: tuple[str, ...] = ("slack", "graphql", "jsonrpc", "error-envelope")
+
+GRAPHQL_RESPONSE_JSON: Final = "application/graphql-response+json"
+"""The GraphQL-over-HTTP media type; only replies of this type are rewritten."""
+
+_FALLBACK: Final = 502
+"""Status for an error the tables cannot place: the upstream failed, we do not know how."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A tunnelled error found in a body.
+
+    `status` is the honest 4xx/5xx status.  `flag_only` is True when the SPEC says the reply
+    must only be flagged (GraphQL legacy `application/json` replies and partial results).
+    `message` is the error message or code found, for problem bodies and `explain`.
+    """
+
+    status: int
+    flag_only: bool
+    message: str | None
+
+
+class Preset(Protocol):
+    """A compiled preset.  `evaluate` is pure, allocation-light and never raises."""
+
+    @property
+    def name(self) -> str: ...
+
+    def evaluate(self, doc: object, media_type: str) -> Hit | None:
+        """The hit for one JSON value, or None when it is not an error.
+
+        `media_type` is lowercased, without parameters.
+        """
+        ...
+
+
+# --- the keyword classifier ---------------------------------------------------------------
+
+# Rows in the SPEC's order; the first row with a keyword in the message wins, so the order is
+# the contract ("Request timed out: service unavailable" is a 504, not a 503).
+_CLASSIFIER: Final[tuple[tuple[tuple[str, ...], int], ...]] = (
+    (("timeout", "timed out", "deadline exceeded"), 504),
+    (("unavailable", "overloaded", "busy", "maintenance", "try again later"), 503),
+    (
+        ("rate limit", "ratelimit", "too many requests", "throttl", "limit exceeded", "quota"),
+        429,
+    ),
+    (
+        (
+            "unauthenticated",
+            "unauthorized",
+            "not authenticated",
+            "authentication",
+            "invalid token",
+            "api key",
+            "credentials",
+            "expired",
+        ),
+        401,
+    ),
+    (("forbidden", "permission", "denied", "not allowed"), 403),
+    (("not found", "no such", "does not exist"), 404),
+    (("invalid", "bad request", "malformed", "missing"), 400),
+)
+
+
+def classify(message: str) -> int | None:
+    """The SPEC 4.4 keyword classifier: the status for an error message, or None.
+
+    Case-insensitive substring search after `_` and `-` are read as spaces (so `RATE_LIMITED`
+    reads "rate limited"); the first matching row wins.
+    """
+    text = message.lower().replace("_", " ").replace("-", " ")
+    for keywords, status in _CLASSIFIER:
+        for keyword in keywords:
+            if keyword in text:
+                return status
+    return None
+
+
+def _classify_any(message: str | None) -> int | None:
+    return None if message is None else classify(message)
+
+
+# --- slack --------------------------------------------------------------------------------
+
+_SLACK_STATUS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "invalid_auth": 401,
+        "not_authed": 401,
+        "token_revoked": 401,
+        "account_inactive": 401,
+        "missing_scope": 403,
+        "not_allowed_token_type": 403,
+        "channel_not_found": 404,
+        "user_not_found": 404,
+        "invalid_arguments": 400,
+        "invalid_arg_name": 400,
+        "ratelimited": 429,
+        "service_unavailable": 503,
+        "internal_error": 500,
+        "fatal_error": 500,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SlackPreset:
+    """Slack Web API: `ok: false` (exactly JSON false) → status from the `error` code table.
+
+    Slack's codes are a closed vocabulary, so an unknown code is a 502, not a guess by keyword.
+    """
+
+    name: str = field(default="slack", init=False)
+
+    def evaluate(self, doc: object, media_type: str) -> Hit | None:
+        # `is False`: 0 and "false" are not JSON false (and orjson gives the bool singleton).
+        if not isinstance(doc, dict) or doc.get("ok") is not False:
+            return None
+        error = doc.get("error")
+        if not isinstance(error, str):
+            return Hit(_FALLBACK, False, None)
+        return Hit(_SLACK_STATUS.get(error, _FALLBACK), False, error)
+
+
+# --- graphql ------------------------------------------------------------------------------
+
+# Case-sensitive: these are the codes servers emit (Apollo, Hasura, GitHub, Shopify).
+_GRAPHQL_STATUS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "UNAUTHENTICATED": 401,
+        "invalid-jwt": 401,
+        "access-denied": 401,
+        "FORBIDDEN": 403,
+        "BAD_USER_INPUT": 400,
+        "GRAPHQL_PARSE_FAILED": 400,
+        "GRAPHQL_VALIDATION_FAILED": 400,
+        "validation-failed": 400,
+        "THROTTLED": 429,
+        "RATE_LIMITED": 429,
+        "GATEWAY_TIMEOUT": 504,
+        "SERVICE_UNAVAILABLE": 503,
+        "INTERNAL_SERVER_ERROR": 500,
+        "NOT_FOUND": 404,
+    }
+)
+
+
+def _graphql_code(error: object) -> str | None:
+    """`extensions.code` when it is a string, else `type` when it is a string."""
+    if not isinstance(error, dict):
+        return None
+    extensions = error.get("extensions")
+    if isinstance(extensions, dict):
+        code = extensions.get("code")
+        if isinstance(code, str):
+            return code
+    kind = error.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLPreset:
+    """GraphQL over HTTP: a non-empty `errors` list is an error.
+
+    Only an `application/graphql-response+json` reply without `data` (absent or null) is
+    rewritten.  Legacy `application/json` replies and partial results (non-null `data`) are
+    flagged only: GraphQL-over-HTTP clients expect a 200 there, and rewriting would break them.
+    The status comes from `errors[0]`; an `errors[0]` that is not an object is a 502.
+    """
+
+    name: str = field(default="graphql", init=False)
+
+    def evaluate(self, doc: object, media_type: str) -> Hit | None:
+        if not isinstance(doc, dict):
+            return None
+        errors = doc.get("errors")
+        if not isinstance(errors, list) or not errors:
+            return None
+        first = errors[0]
+        code = _graphql_code(first)
+        status = _FALLBACK if code is None else _GRAPHQL_STATUS.get(code, _FALLBACK)
+        message = first.get("message") if isinstance(first, dict) else None
+        if not isinstance(message, str):
+            message = code
+        flag_only = media_type != GRAPHQL_RESPONSE_JSON or doc.get("data") is not None
+        return Hit(status, flag_only, message)
+
+
+# --- jsonrpc ------------------------------------------------------------------------------
+
+_JSONRPC_STATUS: Final[Mapping[int, int]] = MappingProxyType(
+    {
+        -32700: 400,  # parse error
+        -32600: 400,  # invalid request
+        -32602: 400,  # invalid params
+        -32601: 404,  # method not found
+        -32603: 500,  # internal error
+    }
+)
+_SERVER_ERROR_MIN: Final = -32099
+_SERVER_ERROR_MAX: Final = -32000
+"""JSON-RPC 2.0 reserves -32099..-32000 for implementation-defined server errors."""
+
+_NO_CODES: Final[Mapping[int, int]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class JsonRpcPreset:
+    """JSON-RPC 2.0: `"jsonrpc": "2.0"` with an `error` object whose `code` is an integer.
+
+    Precedence: the route's `codes` override, then the standard code table, then the keyword
+    classifier on `error.message`, then 500 for the server-error range, then 502.  An override
+    wins because the same code means different things to different servers.
+    """
+
+    codes: Mapping[int, int] = field(hash=False)
+    name: str = field(default="jsonrpc", init=False)
+
+    def evaluate(self, doc: object, media_type: str) -> Hit | None:
+        if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0":
+            return None
+        error = doc.get("error")
+        if not isinstance(error, dict):
+            return None
+        code = error.get("code")
+        # `type(...) is int`: JSON true/false are bools (an int subclass), -32603.0 is a float.
+        if type(code) is not int:
+            return None
+        raw = error.get("message")
+        message = raw if isinstance(raw, str) else str(code)
+        status = self.codes.get(code)
+        if status is None:
+            status = _JSONRPC_STATUS.get(code)
+        if status is None:
+            status = _classify_any(raw if isinstance(raw, str) else None)
+        if status is None:
+            status = 500 if _SERVER_ERROR_MIN <= code <= _SERVER_ERROR_MAX else _FALLBACK
+        return Hit(status, False, message)
+
+
+# --- error-envelope -----------------------------------------------------------------------
+
+_ENVELOPE_STATUSES: Final = frozenset({"error", "fail", "failure"})
+_ERROR_FIELDS: Final = ("message", "info", "code")
+_TOP_FIELDS: Final = ("message", "error_message")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _first_text(obj: dict[object, object], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        found = _text(obj.get(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _envelope_message(doc: dict[object, object], error: object) -> str | None:
+    """The SPEC 4.4 message chain; the first non-empty string found wins."""
+    if isinstance(error, str):
+        if error:
+            return error
+    elif isinstance(error, dict):
+        found = _first_text(error, _ERROR_FIELDS)
+        if found is not None:
+            return found
+    elif isinstance(error, list) and error and isinstance(error[0], dict):
+        found = _text(error[0].get("message"))
+        if found is not None:
+            return found
+    return _first_text(doc, _TOP_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEnvelopePreset:
+    """Generic envelopes: a non-empty top-level `error`, `success: false`, or a JSend-style
+    `status` of error/fail/failure.
+
+    Status: the keyword classifier on the message, else 400 for `status: fail` (JSend: the
+    client's data was rejected), else 502.  Only `error` is looked at, never `errors`.
+    """
+
+    name: str = field(default="error-envelope", init=False)
+
+    def evaluate(self, doc: object, media_type: str) -> Hit | None:
+        if not isinstance(doc, dict):
+            return None
+        error = doc.get("error")
+        status_field = doc.get("status")
+        is_status = isinstance(status_field, str) and status_field in _ENVELOPE_STATUSES
+        has_error = isinstance(error, str | dict | list) and len(error) > 0
+        if not (has_error or is_status or doc.get("success") is False):
+            return None
+        message = _envelope_message(doc, error)
+        status = _classify_any(message)
+        if status is None:
+            status = 400 if status_field == "fail" else _FALLBACK
+        return Hit(status, False, message)
+
+
+# --- building -----------------------------------------------------------------------------
+
+_SLACK: Final = SlackPreset()
+_GRAPHQL: Final = GraphQLPreset()
+_ENVELOPE: Final = ErrorEnvelopePreset()
+_JSONRPC: Final = JsonRpcPreset(codes=_NO_CODES)
+
+
+def _checked_codes(codes: Mapping[int, int]) -> Mapping[int, int]:
+    checked: dict[int, int] = {}
+    for code, status in codes.items():
+        if type(code) is not int:
+            raise ValueError(f"jsonrpc codes: expected an integer code, got {code!r}")
+        if type(status) is not int or not 400 <= status <= 599:
+            raise ValueError(f"jsonrpc codes[{code}]: expected a 4xx or 5xx status, got {status!r}")
+        checked[code] = status
+    return MappingProxyType(checked)
+
+
+def build_preset(name: str, jsonrpc_codes: Mapping[int, int] | None = None) -> Preset:
+    """The preset called `name`, compiled.
+
+    `jsonrpc_codes` (a route's `preset_options.jsonrpc.codes`) is copied; other presets ignore
+    it.  Raises ValueError for an unknown name, a non-integer code or a status outside 4xx/5xx.
+    """
+    if name == "slack":
+        return _SLACK
+    if name == "graphql":
+        return _GRAPHQL
+    if name == "error-envelope":
+        return _ENVELOPE
+    if name == "jsonrpc":
+        if not jsonrpc_codes:
+            return _JSONRPC
+        return JsonRpcPreset(codes=_checked_codes(jsonrpc_codes))
+    raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESET_NAMES)}")

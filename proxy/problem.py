@@ -1,0 +1,69 @@
+"""RFC 9457 problem details: the one body shape of every response tunnelguard generates."""
+
+from __future__ import annotations
+
+import os
+import re
+from http import HTTPStatus
+
+import orjson
+
+CONTENT_TYPE = "application/problem+json"
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def trace_context(traceparent: str | None) -> tuple[str, str]:
+    """The trace id to report and the `traceparent` to send upstream (W3C Trace Context).
+
+    A valid incoming header is forwarded unchanged; otherwise a new one is made.
+    """
+    if traceparent:
+        m = _TRACEPARENT.match(traceparent.strip())
+        if m and m.group(1) != "ff" and m.group(2) != _ZERO_TRACE and m.group(3) != _ZERO_SPAN:
+            return m.group(2), traceparent.strip()
+    trace_id = new_trace_id()
+    return trace_id, f"00-{trace_id}-{os.urandom(8).hex()}-00"
+
+
+def title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem_body(
+    status: int,
+    error: str,
+    detail: str,
+    trace_id: str,
+    *,
+    retryable: bool,
+    extra: dict[str, object] | None = None,
+    upstream_json: bytes | None = None,
+) -> bytes:
+    """Serialize a problem document.  `upstream_json` (already valid JSON text) is
+    spliced in under "upstream" without re-encoding it, so no depth or size limit of
+    the encoder can make this fail."""
+    doc: dict[str, object] = {
+        "type": "about:blank",
+        "title": title(status),
+        "status": status,
+        "detail": detail,
+        "error": error,
+        "traceId": trace_id,
+        "retryable": retryable,
+    }
+    if extra:
+        doc.update(extra)
+    body = orjson.dumps(doc)
+    if upstream_json is None:
+        return body
+    return body[:-1] + b',"upstream":' + upstream_json.strip() + b"}"

@@ -1,0 +1,109 @@
+"""Running the `tests:` a config embeds (SPEC 4.5), through the same pure steps the
+handler takes: inspection policy -> decode/parse -> rules -> verdict applied."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import headers as h
+from . import inspect as ins
+from .config import Config, RuleTest, TestResponse
+from .problem import new_trace_id
+from .rewrite import apply_verdict
+from .rules import RuleSet, compile_ruleset
+from .runtime import Runtime, build
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    """What a client would receive for one upstream response."""
+
+    status: int
+    rule: str | None
+    action: str | None
+    headers: h.Headers
+    inspection: str | None  # inspections_total result, None when not a candidate
+    body: bytes | None = None  # a replaced body (body: problem), else None
+
+
+def simulate(
+    rules: RuleSet,
+    runtime: Runtime,
+    response: TestResponse,
+    method: str = "GET",
+    fallback_retry_after: int = 5,
+) -> Simulation:
+    policy = runtime.inspect
+    status = response.status
+    headers = h.response_headers(
+        (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+    )
+    if not rules or not policy.wants_status(method, status):
+        return Simulation(status, None, None, headers, None)
+    mtype = ins.media_type(h.get(response.headers, "content-type"))
+    codings = ins.encodings(h.get(response.headers, "content-encoding"))
+    reason = policy.skip_reason(mtype, codings, len(response.body))
+    if reason is None and len(response.body) > policy.max_body_bytes:
+        reason = ins.SKIPPED_SIZE
+    if reason is not None:
+        return Simulation(status, None, None, headers, reason)
+    examined = ins.examine(rules, policy, response.body, mtype, codings)
+    verdict = examined.verdict
+    if verdict is None:
+        return Simulation(status, None, None, headers, examined.result)
+    delivery = apply_verdict(
+        verdict,
+        status,
+        headers,
+        decoded_json=examined.decoded,
+        fallback_retry_after=fallback_retry_after,
+        trace_id=new_trace_id(),
+    )
+    return Simulation(
+        delivery.status,
+        verdict.rule,
+        verdict.action,
+        delivery.headers,
+        examined.result,
+        delivery.body,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TestOutcome:
+    test: RuleTest
+    actual: Simulation
+    mismatches: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches
+
+
+def run_test(test: RuleTest, config: Config, runtime: Runtime) -> TestOutcome:
+    if test.route is not None:
+        route = next(r for r in runtime.routes if r.name == test.route)
+        rules, fallback = route.rules, route.fallback_retry_after
+    else:
+        rules = compile_ruleset(test.rules or (), config.rules, action=config.action)
+        fallback = 5
+    actual = simulate(rules, runtime, test.response, fallback_retry_after=fallback)
+    expect = test.expect
+    problems = []
+    if expect.status is not None and actual.status != expect.status:
+        problems.append(f"status: expected {expect.status}, got {actual.status}")
+    if expect.rule is not None and (actual.rule or "") != expect.rule:
+        wanted = expect.rule or "no rule"
+        problems.append(f"rule: expected {wanted}, got {actual.rule or 'no rule'}")
+    if expect.action is not None and actual.action != expect.action:
+        problems.append(f"action: expected {expect.action}, got {actual.action or 'none'}")
+    for name, value in expect.headers:
+        got = h.get(actual.headers, name)
+        if got != value:
+            problems.append(f"header {name}: expected {value!r}, got {got!r}")
+    return TestOutcome(test, actual, tuple(problems))
+
+
+def run_tests(config: Config) -> list[TestOutcome]:
+    runtime = build(config)
+    return [run_test(t, config, runtime) for t in config.tests]

@@ -1,0 +1,196 @@
+"""Talking to upstreams, and THE table that maps an upstream failure to an answer.
+
+`FAILURES` is the one place where "what happened upstream" becomes a status,
+a `Proxy-Status` error and a metric kind (SPEC 6.1).  `classify` maps aiohttp's
+exceptions onto it, most specific first: aiohttp's timeout errors are also
+`asyncio.TimeoutError`, and a deadline of ours arrives as a bare `TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import aiohttp
+from aiohttp import ClientResponse, ClientSession, TraceConfig, TraceRequestHeadersSentParams
+from yarl import URL
+
+from .config import UpstreamConfig
+from .headers import Headers
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+# aiohttp adds these unless told not to; a transparent proxy must not invent headers.
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One row of the failure table."""
+
+    kind: str  # upstream_failures_total{kind}
+    status: int
+    error: str  # Proxy-Status error (RFC 9209 section 2.3) and problem `error`
+    title: str
+    may_have_reached: bool  # the upstream may have acted on the request
+
+
+FAILURES: dict[str, Failure] = {
+    f.error: f
+    for f in (
+        Failure("connect_error", 502, "connection_refused", "upstream refused the connection",
+                False),
+        Failure("connect_error", 502, "dns_error", "upstream host name did not resolve", False),
+        Failure("connect_error", 502, "tls_protocol_error", "TLS handshake with upstream failed",
+                False),
+        Failure("connect_timeout", 504, "connection_timeout", "connecting to upstream timed out",
+                False),
+        Failure("response_timeout", 504, "http_response_timeout",
+                "upstream did not answer in time", True),
+        Failure("reset", 502, "http_protocol_error",
+                "upstream closed the connection before a complete response", True),
+        Failure("protocol_error", 502, "http_protocol_error",
+                "upstream sent a malformed response", True),
+    )
+    if f.kind != "protocol_error"
+}  # fmt: skip
+PROTOCOL_ERROR = Failure(
+    "protocol_error", 502, "http_protocol_error", "upstream sent a malformed response", True
+)
+
+
+class UpstreamFailure(Exception):
+    def __init__(self, failure: Failure, cause: BaseException | None = None) -> None:
+        super().__init__(failure.title)
+        self.failure = failure
+        self.cause = cause
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map an exception raised while waiting for the response head to its table row."""
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return FAILURES["connection_timeout"]
+    if isinstance(exc, TimeoutError):  # our head deadline, or aiohttp's read timeout
+        return FAILURES["http_response_timeout"]
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return FAILURES["dns_error"]
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return FAILURES["tls_protocol_error"]
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ssl.SSLError):
+            return FAILURES["tls_protocol_error"]
+        return FAILURES["connection_refused"]
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return PROTOCOL_ERROR  # unparsable status line or headers, bad framing
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError):
+        return FAILURES["http_protocol_error"]
+    if isinstance(exc, aiohttp.ClientError):
+        return PROTOCOL_ERROR
+    raise exc
+
+
+def is_retry_safe(method: str, has_idempotency_key: bool) -> bool:
+    """RFC 9110 9.2.2: idempotent methods, or a request the client keyed."""
+    return method in IDEMPOTENT or has_idempotency_key
+
+
+# -- the response-head deadline ---------------------------------------------------------------
+
+
+async def _on_headers_sent(
+    session: ClientSession, ctx: SimpleNamespace, params: TraceRequestHeadersSentParams
+) -> None:
+    """`timeouts.response` runs from when the request head is on the wire to when the
+    response head arrives; connecting has its own `timeouts.connect`."""
+    deadline: _HeadDeadline | None = ctx.trace_request_ctx
+    if deadline is not None:
+        deadline.start()
+
+
+class _HeadDeadline:
+    __slots__ = ("_seconds", "_timeout")
+
+    def __init__(self, timeout: asyncio.Timeout, seconds: float) -> None:
+        self._timeout = timeout
+        self._seconds = seconds
+
+    def start(self) -> None:
+        self._timeout.reschedule(asyncio.get_running_loop().time() + self._seconds)
+
+
+def new_session() -> ClientSession:
+    """The one shared client session: a keep-alive pool to every upstream."""
+    trace = TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=10)
+    return ClientSession(
+        connector=connector,
+        auto_decompress=False,  # clients get the upstream's bytes, compressed or not
+        trace_configs=[trace],
+        cookie_jar=aiohttp.DummyCookieJar(),  # never store or add cookies
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+@dataclass(slots=True)
+class Attempt:
+    response: ClientResponse
+    head_seconds: float  # from start to response head
+
+
+async def send(
+    session: ClientSession,
+    upstream: UpstreamConfig,
+    method: str,
+    url: URL,
+    headers: Headers,
+    body: object,
+) -> Attempt:
+    """Send one request and wait for the response head; raise UpstreamFailure."""
+    started = time.perf_counter()
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=upstream.timeouts.connect, connect=None, sock_read=None
+    )
+    try:
+        async with asyncio.timeout(None) as deadline:
+            response = await session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                timeout=timeout,
+                trace_request_ctx=_HeadDeadline(deadline, upstream.timeouts.response),
+            )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise UpstreamFailure(classify(exc), exc) from exc
+    return Attempt(response, time.perf_counter() - started)
+
+
+async def iter_body(response: ClientResponse) -> AsyncIterator[bytes]:
+    """The upstream body as it arrives; a failure mid-body raises UpstreamFailure."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise UpstreamFailure(
+            PROTOCOL_ERROR if isinstance(exc, aiohttp.ClientPayloadError) else classify(exc), exc
+        ) from exc
+
+
+def target_url(base: str, raw_path: str) -> URL:
+    """The upstream URL for a request target, bytes as the client sent them.
+
+    `base` is the upstream URL without a trailing slash; its path is a prefix."""
+    return URL(base + raw_path, encoded=True)
