@@ -1,0 +1,147 @@
+"""Shared fixtures: real upstream servers and real proxies on 127.0.0.1 ephemeral ports."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.app import TunnelGuard
+from proxy.config import parse_text
+from proxy.logs import Log
+from proxy.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Upstream:
+    """A running upstream; `seen` records every request it received."""
+
+    url: str
+    runner: web.AppRunner
+    seen: list[dict[str, object]] = field(default_factory=list)
+    peers: set[tuple[str, int]] = field(default_factory=set)
+
+
+@dataclass
+class Running:
+    """A running tunnelguard (in this process, on real sockets)."""
+
+    app: TunnelGuard
+    url: str
+    admin: str
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.app.metrics
+
+    def sample(self, name: str, **labels: str) -> float:
+        """A metric sample value (0.0 when the series does not exist yet)."""
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+UpstreamFactory = Callable[[web.Application], Awaitable[Upstream]]
+ProxyFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[UpstreamFactory]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> Upstream:
+        holder: list[Upstream] = []
+
+        @web.middleware
+        async def record(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            up = holder[0]
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            if peer:
+                up.peers.add((peer[0], peer[1]))
+            up.seen.append(
+                {
+                    "method": request.method,
+                    "path_qs": request.raw_path,
+                    "headers": list(request.raw_headers),
+                }
+            )
+            return await handler(request)
+
+        app.middlewares.append(record)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        upstream = Upstream(f"http://{host}:{port}", runner)
+        holder.append(upstream)
+        return upstream
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def config_yaml(upstream_url: str, extra: str = "", route: str = "") -> str:
+    """A config with one upstream and one catch-all route `r` (override with `route`)."""
+    route = route or "  - name: r\n    upstream: u\n    rules: [graphql, jsonrpc, slack, error-envelope]\n"
+    return (
+        "version: 1\nlisten: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\n"
+        f"upstreams:\n  u:\n    url: {upstream_url}\n    timeouts: {{connect: 1s, response: 2s}}\n"
+        f"routes:\n{route}{extra}"
+    )
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[ProxyFactory]:
+    apps: list[TunnelGuard] = []
+
+    async def start(text: str) -> Running:
+        config = parse_text(text, "test.yaml")
+        app = TunnelGuard(config, Log("json", stream=_NullStream()))
+        await app.start()
+        apps.append(app)
+        assert app.proxy_address and app.admin_address
+        return Running(
+            app,
+            "http://{}:{}".format(*app.proxy_address),
+            "http://{}:{}".format(*app.admin_address),
+        )
+
+    yield start
+    for app in apps:
+        await app.stop()
+
+
+class _NullStream:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client that changes nothing (no decompression, no cookies)."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
+        yield session
+
+
+def closed_port() -> int:
+    """A port that was bound and closed: connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

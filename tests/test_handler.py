@@ -1,0 +1,558 @@
+"""The request lifecycle through a real proxy in front of a real upstream on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import zlib
+
+import aiohttp
+import brotli
+import orjson
+import pytest
+import zstandard
+from aiohttp import web
+
+from .conftest import ProxyFactory, UpstreamFactory, closed_port, config_yaml
+
+SLACK_ERROR = b'{"ok":false,"error":"invalid_auth"}'
+CLEAN = b'{"ok":true,"users":[{"id":1}],"error":null}'
+JSON = "application/json"
+
+
+def _json(body: bytes, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(body=body, status=status, headers={"Content-Type": JSON, **headers})
+
+
+def scenario_app() -> web.Application:
+    """One route per scenario."""
+    app = web.Application(client_max_size=64 << 20)
+
+    async def clean(request: web.Request) -> web.Response:
+        resp = _json(CLEAN, ETag='"v1"')
+        resp.headers.add("Set-Cookie", "a=1")
+        resp.headers.add("Set-Cookie", "b=2")
+        resp.headers.add("X-Order", "first")
+        resp.headers.add("X-Order", "second")
+        return resp
+
+    async def slack_error(request: web.Request) -> web.Response:
+        return _json(
+            SLACK_ERROR,
+            ETag='"e1"',
+            **{"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT", "Cache-Control": "max-age=60"},
+        )
+
+    async def ratelimited(request: web.Request) -> web.Response:
+        return _json(b'{"ok":false,"error":"ratelimited"}')
+
+    async def ratelimited_with_header(request: web.Request) -> web.Response:
+        return _json(b'{"ok":false,"error":"ratelimited"}', **{"Retry-After": "17"})
+
+    async def encoded(request: web.Request) -> web.Response:
+        coding = request.match_info["coding"]
+        raw = b'{"error": "upstream timeout"}'
+        body = {
+            "gzip": gzip.compress(raw),
+            "deflate": zlib.compress(raw),
+            "br": brotli.compress(raw),
+            "zstd": zstandard.ZstdCompressor().compress(raw),
+        }[coding]
+        return _json(body, **{"Content-Encoding": coding})
+
+    async def bomb(request: web.Request) -> web.Response:
+        return _json(BOMB, **{"Content-Encoding": "gzip"})
+
+    async def big_json(request: web.Request) -> web.Response:
+        return _json(BIG_ERROR)
+
+    async def chunked_big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": JSON})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(BIG_ERROR), 65536):
+            await resp.write(BIG_ERROR[i : i + 65536])
+        await resp.write_eof()
+        return resp
+
+    async def raw_body(request: web.Request) -> web.Response:
+        return _json(RAW_BODIES[request.match_info["name"]])
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(body=SLACK_ERROR, content_type="text/html")
+
+    async def unavailable(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="down")
+
+    async def tunnelguard_headers(request: web.Request) -> web.Response:
+        return _json(CLEAN, **{"Tunnelguard-Rule": "forged", "Tunnelguard-Status": "500"})
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "path_qs": request.raw_path,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "length": len(body),
+            }
+        )
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: first\n\n")
+        await SSE_GATE.wait()
+        await resp.write(b"data: second\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "0.5")))
+        return _json(CLEAN)
+
+    async def hangup_mid_body(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = 1_000_000
+        await resp.prepare(request)
+        await resp.write(b"x" * 1000)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    async def huge_stream(request: web.Request) -> web.StreamResponse:
+        size = int(request.query["mb"]) << 20
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = size
+        await resp.prepare(request)
+        chunk = bytes(range(256)) * 256
+        for _ in range(size // len(chunk)):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def batch(request: web.Request) -> web.Response:
+        return _json(BATCHES[request.match_info["kind"]])
+
+    async def no_content(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app.router.add_get("/clean", clean)
+    app.router.add_route("*", "/slack-error", slack_error)
+    app.router.add_get("/ratelimited", ratelimited)
+    app.router.add_get("/ratelimited-header", ratelimited_with_header)
+    app.router.add_get("/encoded/{coding}", encoded)
+    app.router.add_get("/bomb", bomb)
+    app.router.add_get("/big-json", big_json)
+    app.router.add_get("/chunked-big", chunked_big)
+    app.router.add_get("/raw/{name}", raw_body)
+    app.router.add_get("/html", html)
+    app.router.add_get("/unavailable", unavailable)
+    app.router.add_get("/tg-headers", tunnelguard_headers)
+    app.router.add_route("*", "/echo{tail:.*}", echo)
+    app.router.add_get("/sse", sse)
+    app.router.add_route("*", "/slow", slow)
+    app.router.add_get("/hangup", hangup_mid_body)
+    app.router.add_get("/huge", huge_stream)
+    app.router.add_get("/batch/{kind}", batch)
+    app.router.add_get("/no-content", no_content)
+    return app
+
+
+BOMB = gzip.compress(b"{" + b" " * (64 << 20) + b"}", compresslevel=9)
+BIG_ERROR = b'{"error": "upstream timeout", "pad": "' + b"x" * (2 << 20) + b'"}'
+RAW_BODIES = {
+    "truncated": b'{"error": "upstream tim',
+    "not-json": b"<html>oops</html>",
+    "bom-error": b'\xef\xbb\xbf{"error": "service unavailable"}',
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "deep-object": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+    "invalid-utf8": b'{"error": "\xff\xfe"}',
+    "empty": b"",
+}
+BATCHES = {
+    "all": b'[{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"Internal error"}},'
+    b'{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"Method not found"}}]',
+    "some": b'[{"jsonrpc":"2.0","id":1,"result":"0x1"},'
+    b'{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"Method not found"}}]',
+}
+SSE_GATE = asyncio.Event()
+
+
+@pytest.fixture
+async def proxied(start_upstream: UpstreamFactory, start_proxy: ProxyFactory):  # type: ignore[no-untyped-def]
+    upstream = await start_upstream(scenario_app())
+    running = await start_proxy(config_yaml(upstream.url))
+    return upstream, running
+
+
+async def _get(client: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict, bytes]:  # type: ignore[type-arg]
+    async with client.get(url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, r.headers, await r.read()  # type: ignore[return-value]
+
+
+async def test_clean_json_passes_byte_for_byte(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    async with client.get(tg.url + "/clean") as r:
+        body = await r.read()
+        assert r.status == 200
+        assert body == CLEAN
+        assert r.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+        assert r.headers.getall("X-Order") == ["first", "second"]
+        assert r.headers["ETag"] == '"v1"'
+        assert r.headers["Via"] == "1.1 tunnelguard"
+        assert not any(k.lower().startswith("tunnelguard-") for k in r.headers)
+    labels = {"route": "r", "method": "GET", "code": "200", "class": "2xx", "source": "upstream"}
+    assert tg.sample("tunnelguard_requests_total", **labels) == 1
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="clean") == 1
+    assert tg.sample("tunnelguard_request_duration_seconds_count", route="r", **{"class": "2xx"}) == 1
+    assert tg.sample("tunnelguard_upstream_duration_seconds_count", route="r", upstream="u") == 1
+
+
+async def test_tunnelled_error_is_rewritten(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    async with client.get(tg.url + "/slack-error") as r:
+        assert r.status == 401
+        assert await r.read() == SLACK_ERROR  # body: keep forwards the original bytes
+        assert r.headers["Tunnelguard-Rule"] == "slack"
+        assert r.headers["Proxy-Status"] == (
+            'tunnelguard; received-status=200; details="rule slack"'
+        )
+        assert r.headers["Cache-Control"] == "no-store"
+        assert "ETag" not in r.headers
+        assert "Last-Modified" not in r.headers
+        assert "Retry-After" not in r.headers
+        assert r.headers["Content-Type"] == JSON
+    labels = {"route": "r", "method": "GET", "code": "401", "class": "4xx", "source": "rewritten"}
+    assert tg.sample("tunnelguard_requests_total", **labels) == 1
+    assert (
+        tg.sample(
+            "tunnelguard_tunnelled_errors_total",
+            route="r",
+            rule="slack",
+            action="rewrite",
+            status="401",
+        )
+        == 1
+    )
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="matched") == 1
+
+
+async def test_flag_passes_through_and_counts_true_class(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    upstream = await start_upstream(scenario_app())
+    route = "  - name: r\n    upstream: u\n    rules: [slack]\n    action: flag\n"
+    tg = await start_proxy(config_yaml(upstream.url, route=route))
+    async with client.get(tg.url + "/slack-error") as r:
+        assert r.status == 200
+        assert await r.read() == SLACK_ERROR
+        assert r.headers["Tunnelguard-Rule"] == "slack"
+        assert r.headers["Tunnelguard-Status"] == "401"
+        assert r.headers["ETag"] == '"e1"'  # every upstream header untouched
+        assert r.headers["Cache-Control"] == "max-age=60"
+        assert "Proxy-Status" not in r.headers
+    labels = {"route": "r", "method": "GET", "code": "200", "class": "4xx", "source": "flagged"}
+    assert tg.sample("tunnelguard_requests_total", **labels) == 1
+    assert (
+        tg.sample(
+            "tunnelguard_tunnelled_errors_total", route="r", rule="slack", action="flag",
+            status="401",
+        )
+        == 1
+    )
+
+
+async def test_rewritten_429_carries_retry_after(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, headers, _ = await _get(client, tg.url + "/ratelimited")
+    assert status == 429
+    assert headers["Retry-After"] == "5"  # the upstream's retry_after default
+    status, headers, _ = await _get(client, tg.url + "/ratelimited-header")
+    assert status == 429
+    assert headers.getall("Retry-After") == ["17"]  # the upstream's own value wins
+
+
+async def test_retry_after_from_body_and_problem_body(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    app = web.Application()
+
+    async def busy(request: web.Request) -> web.Response:
+        return _json(b'{"status":"error","code":"BUSY","retry_in_seconds":2.5}')
+
+    app.router.add_get("/busy", busy)
+    upstream = await start_upstream(app)
+    extra = (
+        "rules:\n  - name: env\n    when: {all: [{path: /status, equals: error}, "
+        "{path: /code, exists: true}]}\n    status: {from: /code, map: {BUSY: 503}, default: 502}\n"
+        "    body: problem\n    retry_after_from: /retry_in_seconds\n"
+    )
+    route = "  - name: r\n    upstream: u\n    rules: [env]\n"
+    tg = await start_proxy(config_yaml(upstream.url, extra=extra, route=route))
+    async with client.get(
+        tg.url + "/busy",
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    ) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "3"  # ceil(2.5)
+        assert r.headers["Content-Type"] == "application/problem+json"
+        doc = orjson.loads(await r.read())
+    assert doc["status"] == 503
+    assert doc["error"] == "tunnelled_error"
+    assert doc["traceId"] == "0af7651916cd43dd8448eb211c80319c"
+    assert doc["retryable"] is True
+    assert doc["upstream"] == {"status": "error", "code": "BUSY", "retry_in_seconds": 2.5}
+    assert doc["rule"] == "env"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+async def test_compressed_error_is_inspected_and_forwarded_compressed(
+    proxied, client, coding: str
+) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    async with client.get(tg.url + f"/encoded/{coding}") as r:
+        assert r.status == 504
+        assert r.headers["Content-Encoding"] == coding
+        body = await r.read()
+    assert body != b'{"error": "upstream timeout"}'  # still compressed: original bytes
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="matched") == 1
+
+
+async def test_decompression_bomb_is_forwarded_uninspected(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, headers, body = await _get(client, tg.url + "/bomb")
+    assert status == 200
+    assert body == BOMB
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_size") == 1
+
+
+@pytest.mark.parametrize("path", ["/big-json", "/chunked-big"])
+async def test_body_over_max_streams_through_uninspected(proxied, client, path: str) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, _, body = await _get(client, tg.url + path)
+    assert status == 200  # an error in a 2 MiB body is beyond max_body_bytes
+    assert body == BIG_ERROR
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_size") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "result"),
+    [
+        ("truncated", 200, "invalid_json"),
+        ("not-json", 200, "invalid_json"),
+        ("bom-error", 503, "matched"),
+        ("deep", 200, "invalid_json"),
+        ("deep-object", 200, "invalid_json"),
+        ("invalid-utf8", 200, "invalid_json"),
+        ("empty", 200, "invalid_json"),
+    ],
+)
+async def test_bad_bodies_never_change_a_byte(
+    proxied, client, name: str, status: int, result: str
+) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    got_status, headers, body = await _get(client, tg.url + f"/raw/{name}")
+    assert got_status == status
+    assert body == RAW_BODIES[name]
+    assert tg.sample("tunnelguard_inspections_total", route="r", result=result) == 1
+    # the worker survived: the next request is served normally
+    assert (await _get(client, tg.url + "/clean"))[0] == 200
+
+
+async def test_non_json_content_type_is_not_inspected(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, _, body = await _get(client, tg.url + "/html")
+    assert (status, body) == (200, SLACK_ERROR)
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_content_type") == 1
+
+
+async def test_event_stream_is_relayed_as_it_arrives(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    SSE_GATE.clear()
+    async with client.get(tg.url + "/sse") as r:
+        first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
+        assert first == b"data: first\n\n"  # arrived while the upstream still holds the stream
+        SSE_GATE.set()
+        assert await r.read() == b"data: second\n\n"
+
+
+async def test_head_is_not_inspected_and_keeps_length(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    async with client.head(tg.url + "/slack-error") as r:
+        assert r.status == 200
+        assert r.headers["Content-Length"] == str(len(SLACK_ERROR))
+        assert await r.read() == b""
+
+
+async def test_204_has_no_body(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, _, body = await _get(client, tg.url + "/no-content")
+    assert (status, body) == (204, b"")
+
+
+async def test_request_forwarding(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    payload = bytes(range(256)) * 40_000  # ~10 MiB, streamed, not buffered
+    async with client.post(
+        tg.url + "/echo/a%2Fb?x=1&y=%20z",
+        data=payload,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        headers={
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "secret",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-For": "203.0.113.9",
+            "Via": "1.0 edge",
+            "Host": "api.example.test",
+            "X-Custom": "kept",
+            "Content-Type": "application/octet-stream",
+        },
+    ) as r:
+        assert r.status == 200
+        echoed = orjson.loads(await r.read())
+    headers = {k.lower(): v for k, v in echoed["headers"]}
+    assert echoed["method"] == "POST"
+    assert echoed["path_qs"] == "/echo/a%2Fb?x=1&y=%20z"
+    assert echoed["length"] == len(payload)
+    assert echoed["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert headers["content-length"] == str(len(payload))
+    assert "x-hop" not in headers and "keep-alive" not in headers
+    assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "api.example.test"
+    assert headers["host"] == "api.example.test"
+    assert headers["via"] == "1.0 edge, 1.1 tunnelguard"
+    assert headers["x-custom"] == "kept"
+    assert headers["traceparent"].startswith("00-")
+    for invented in ("user-agent", "accept", "accept-encoding"):
+        assert invented not in headers  # the proxy invents no headers
+
+
+async def test_chunked_upload_is_streamed(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(64):
+            yield bytes([i]) * 65536
+
+    async with client.put(tg.url + "/echo", data=chunks()) as r:
+        echoed = orjson.loads(await r.read())
+    assert echoed["length"] == 64 * 65536
+    expected = hashlib.sha256(b"".join(bytes([i]) * 65536 for i in range(64))).hexdigest()
+    assert echoed["sha256"] == expected
+
+
+async def test_upstream_connections_are_kept_alive(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    upstream, tg = proxied
+    for _ in range(10):
+        assert (await _get(client, tg.url + "/clean"))[0] == 200
+    assert len(upstream.peers) == 1
+
+
+async def test_traceparent_is_forwarded_unchanged(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with client.get(tg.url + "/echo", headers={"traceparent": tp}) as r:
+        echoed = orjson.loads(await r.read())
+    assert dict((k.lower(), v) for k, v in echoed["headers"])["traceparent"] == tp
+
+
+async def test_upstream_verdict_headers_are_removed(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, headers, _ = await _get(client, tg.url + "/tg-headers")
+    assert status == 200
+    assert "Tunnelguard-Rule" not in headers and "Tunnelguard-Status" not in headers
+
+
+async def test_upstream_503_gets_retry_after(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, headers, body = await _get(client, tg.url + "/unavailable")
+    assert (status, body) == (503, b"down")
+    assert headers["Retry-After"] == "5"
+
+
+async def test_jsonrpc_batches(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    status, headers, _ = await _get(client, tg.url + "/batch/all")
+    assert status == 500 and headers["Tunnelguard-Rule"] == "jsonrpc"
+    status, headers, _ = await _get(client, tg.url + "/batch/some")
+    assert status == 200
+    assert headers["Tunnelguard-Rule"] == "jsonrpc"
+    assert headers["Tunnelguard-Status"] == "404"
+
+
+async def test_huge_download_streams_in_constant_memory(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    digest = hashlib.sha256()
+    size = 0
+    async with client.get(tg.url + "/huge?mb=100") as r:
+        assert r.status == 200
+        async for chunk in r.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+    expected = hashlib.sha256((bytes(range(256)) * 256) * 1600).hexdigest()
+    assert size == 100 << 20
+    assert digest.hexdigest() == expected
+
+
+async def test_failure_after_head_aborts_the_client(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with client.get(tg.url + "/hangup") as r:
+            assert r.status == 200
+            await r.read()
+    assert (await _get(client, tg.url + "/clean"))[0] == 200
+
+
+async def test_in_flight_gauge(proxied, client) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    task = asyncio.ensure_future(_get(client, tg.url + "/slow?s=0.5"))
+    for _ in range(100):
+        if tg.sample("tunnelguard_in_flight_requests", route="r") == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert tg.sample("tunnelguard_in_flight_requests", route="r") == 1
+    assert (await task)[0] == 200
+    assert tg.sample("tunnelguard_in_flight_requests", route="r") == 0
+
+
+async def test_connection_refused_is_502_problem(
+    start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    tg = await start_proxy(config_yaml(f"http://127.0.0.1:{closed_port()}"))
+    async with client.get(tg.url + "/x") as r:
+        assert r.status == 502
+        assert r.headers["Content-Type"] == "application/problem+json"
+        assert r.headers["Retry-After"] == "5"
+        assert r.headers["Proxy-Status"] == "tunnelguard; error=connection_refused"
+        doc = orjson.loads(await r.read())
+    assert doc["error"] == "connection_refused" and doc["retryable"] is True
+    assert len(doc["traceId"]) == 32
+    labels = {"route": "r", "method": "GET", "code": "502", "class": "5xx", "source": "proxy"}
+    assert tg.sample("tunnelguard_requests_total", **labels) == 1
+    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="connect_error") == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "retry_after"),
+    [
+        ("GET", {}, "5"),
+        ("POST", {}, None),
+        ("POST", {"Idempotency-Key": "k1"}, "5"),
+    ],
+)
+async def test_response_timeout_is_504(
+    proxied, client, method: str, headers: dict[str, str], retry_after: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    _, tg = proxied
+    async with client.request(method, tg.url + "/slow?s=3", headers=headers) as r:
+        assert r.status == 504
+        assert r.headers.get("Retry-After") == retry_after
+        assert r.headers["Proxy-Status"] == "tunnelguard; error=http_response_timeout"
+        doc = orjson.loads(await r.read())
+    assert doc["retryable"] is (retry_after is not None)
+    assert ("may have completed" in doc["detail"]) is (retry_after is None)
