@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -93,7 +94,10 @@ async def start_upstream() -> AsyncIterator[UpstreamFactory]:
 
 def config_yaml(upstream_url: str, extra: str = "", route: str = "") -> str:
     """A config with one upstream and one catch-all route `r` (override with `route`)."""
-    route = route or "  - name: r\n    upstream: u\n    rules: [graphql, jsonrpc, slack, error-envelope]\n"
+    route = (
+        route
+        or "  - name: r\n    upstream: u\n    rules: [graphql, jsonrpc, slack, error-envelope]\n"
+    )
     return (
         "version: 1\nlisten: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\n"
         f"upstreams:\n  u:\n    url: {upstream_url}\n    timeouts: {{connect: 1s, response: 2s}}\n"
@@ -107,7 +111,7 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
 
     async def start(text: str) -> Running:
         config = parse_text(text, "test.yaml")
-        app = TunnelGuard(config, Log("json", stream=_NullStream()))
+        app = TunnelGuard(config, Log("json", stream=io.StringIO()))
         await app.start()
         apps.append(app)
         assert app.proxy_address and app.admin_address
@@ -120,14 +124,6 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
     yield start
     for app in apps:
         await app.stop()
-
-
-class _NullStream:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import hashlib
 import zlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import brotli
@@ -13,8 +14,11 @@ import orjson
 import pytest
 import zstandard
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
-from .conftest import ProxyFactory, UpstreamFactory, closed_port, config_yaml
+from .conftest import ProxyFactory, Running, Upstream, UpstreamFactory, closed_port, config_yaml
+
+Proxied = tuple[Upstream, Running]
 
 SLACK_ERROR = b'{"ok":false,"error":"invalid_auth"}'
 CLEAN = b'{"ok":true,"users":[{"id":1}],"error":null}'
@@ -183,18 +187,20 @@ SSE_GATE = asyncio.Event()
 
 
 @pytest.fixture
-async def proxied(start_upstream: UpstreamFactory, start_proxy: ProxyFactory):  # type: ignore[no-untyped-def]
+async def proxied(start_upstream: UpstreamFactory, start_proxy: ProxyFactory) -> Proxied:
     upstream = await start_upstream(scenario_app())
     running = await start_proxy(config_yaml(upstream.url))
     return upstream, running
 
 
-async def _get(client: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict, bytes]:  # type: ignore[type-arg]
-    async with client.get(url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, r.headers, await r.read()  # type: ignore[return-value]
+async def _get(client: aiohttp.ClientSession, url: str) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async with client.get(url) as r:
+        return r.status, r.headers, await r.read()
 
 
-async def test_clean_json_passes_byte_for_byte(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_clean_json_passes_byte_for_byte(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     async with client.get(tg.url + "/clean") as r:
         body = await r.read()
@@ -208,11 +214,15 @@ async def test_clean_json_passes_byte_for_byte(proxied, client) -> None:  # type
     labels = {"route": "r", "method": "GET", "code": "200", "class": "2xx", "source": "upstream"}
     assert tg.sample("tunnelguard_requests_total", **labels) == 1
     assert tg.sample("tunnelguard_inspections_total", route="r", result="clean") == 1
-    assert tg.sample("tunnelguard_request_duration_seconds_count", route="r", **{"class": "2xx"}) == 1
+    assert (
+        tg.sample("tunnelguard_request_duration_seconds_count", route="r", **{"class": "2xx"}) == 1
+    )
     assert tg.sample("tunnelguard_upstream_duration_seconds_count", route="r", upstream="u") == 1
 
 
-async def test_tunnelled_error_is_rewritten(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_tunnelled_error_is_rewritten(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     async with client.get(tg.url + "/slack-error") as r:
         assert r.status == 401
@@ -259,14 +269,19 @@ async def test_flag_passes_through_and_counts_true_class(
     assert tg.sample("tunnelguard_requests_total", **labels) == 1
     assert (
         tg.sample(
-            "tunnelguard_tunnelled_errors_total", route="r", rule="slack", action="flag",
+            "tunnelguard_tunnelled_errors_total",
+            route="r",
+            rule="slack",
+            action="flag",
             status="401",
         )
         == 1
     )
 
 
-async def test_rewritten_429_carries_retry_after(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_rewritten_429_carries_retry_after(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     status, headers, _ = await _get(client, tg.url + "/ratelimited")
     assert status == 429
@@ -311,8 +326,8 @@ async def test_retry_after_from_body_and_problem_body(
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
 async def test_compressed_error_is_inspected_and_forwarded_compressed(
-    proxied, client, coding: str
-) -> None:  # type: ignore[no-untyped-def]
+    proxied: Proxied, client: aiohttp.ClientSession, coding: str
+) -> None:
     _, tg = proxied
     async with client.get(tg.url + f"/encoded/{coding}") as r:
         assert r.status == 504
@@ -322,16 +337,20 @@ async def test_compressed_error_is_inspected_and_forwarded_compressed(
     assert tg.sample("tunnelguard_inspections_total", route="r", result="matched") == 1
 
 
-async def test_decompression_bomb_is_forwarded_uninspected(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_decompression_bomb_is_forwarded_uninspected(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
-    status, headers, body = await _get(client, tg.url + "/bomb")
+    status, _headers, body = await _get(client, tg.url + "/bomb")
     assert status == 200
     assert body == BOMB
     assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_size") == 1
 
 
 @pytest.mark.parametrize("path", ["/big-json", "/chunked-big"])
-async def test_body_over_max_streams_through_uninspected(proxied, client, path: str) -> None:  # type: ignore[no-untyped-def]
+async def test_body_over_max_streams_through_uninspected(
+    proxied: Proxied, client: aiohttp.ClientSession, path: str
+) -> None:
     _, tg = proxied
     status, _, body = await _get(client, tg.url + path)
     assert status == 200  # an error in a 2 MiB body is beyond max_body_bytes
@@ -352,10 +371,10 @@ async def test_body_over_max_streams_through_uninspected(proxied, client, path: 
     ],
 )
 async def test_bad_bodies_never_change_a_byte(
-    proxied, client, name: str, status: int, result: str
-) -> None:  # type: ignore[no-untyped-def]
+    proxied: Proxied, client: aiohttp.ClientSession, name: str, status: int, result: str
+) -> None:
     _, tg = proxied
-    got_status, headers, body = await _get(client, tg.url + f"/raw/{name}")
+    got_status, _headers, body = await _get(client, tg.url + f"/raw/{name}")
     assert got_status == status
     assert body == RAW_BODIES[name]
     assert tg.sample("tunnelguard_inspections_total", route="r", result=result) == 1
@@ -363,14 +382,18 @@ async def test_bad_bodies_never_change_a_byte(
     assert (await _get(client, tg.url + "/clean"))[0] == 200
 
 
-async def test_non_json_content_type_is_not_inspected(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_non_json_content_type_is_not_inspected(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     status, _, body = await _get(client, tg.url + "/html")
     assert (status, body) == (200, SLACK_ERROR)
     assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_content_type") == 1
 
 
-async def test_event_stream_is_relayed_as_it_arrives(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_event_stream_is_relayed_as_it_arrives(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     SSE_GATE.clear()
     async with client.get(tg.url + "/sse") as r:
@@ -380,7 +403,9 @@ async def test_event_stream_is_relayed_as_it_arrives(proxied, client) -> None:  
         assert await r.read() == b"data: second\n\n"
 
 
-async def test_head_is_not_inspected_and_keeps_length(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_head_is_not_inspected_and_keeps_length(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     async with client.head(tg.url + "/slack-error") as r:
         assert r.status == 200
@@ -388,13 +413,13 @@ async def test_head_is_not_inspected_and_keeps_length(proxied, client) -> None: 
         assert await r.read() == b""
 
 
-async def test_204_has_no_body(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_204_has_no_body(proxied: Proxied, client: aiohttp.ClientSession) -> None:
     _, tg = proxied
     status, _, body = await _get(client, tg.url + "/no-content")
     assert (status, body) == (204, b"")
 
 
-async def test_request_forwarding(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_request_forwarding(proxied: Proxied, client: aiohttp.ClientSession) -> None:
     _, tg = proxied
     payload = bytes(range(256)) * 40_000  # ~10 MiB, streamed, not buffered
     async with client.post(
@@ -432,10 +457,10 @@ async def test_request_forwarding(proxied, client) -> None:  # type: ignore[no-u
         assert invented not in headers  # the proxy invents no headers
 
 
-async def test_chunked_upload_is_streamed(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_chunked_upload_is_streamed(proxied: Proxied, client: aiohttp.ClientSession) -> None:
     _, tg = proxied
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for i in range(64):
             yield bytes([i]) * 65536
 
@@ -446,14 +471,18 @@ async def test_chunked_upload_is_streamed(proxied, client) -> None:  # type: ign
     assert echoed["sha256"] == expected
 
 
-async def test_upstream_connections_are_kept_alive(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_upstream_connections_are_kept_alive(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     upstream, tg = proxied
     for _ in range(10):
         assert (await _get(client, tg.url + "/clean"))[0] == 200
     assert len(upstream.peers) == 1
 
 
-async def test_traceparent_is_forwarded_unchanged(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_traceparent_is_forwarded_unchanged(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with client.get(tg.url + "/echo", headers={"traceparent": tp}) as r:
@@ -461,21 +490,25 @@ async def test_traceparent_is_forwarded_unchanged(proxied, client) -> None:  # t
     assert dict((k.lower(), v) for k, v in echoed["headers"])["traceparent"] == tp
 
 
-async def test_upstream_verdict_headers_are_removed(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_upstream_verdict_headers_are_removed(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     status, headers, _ = await _get(client, tg.url + "/tg-headers")
     assert status == 200
     assert "Tunnelguard-Rule" not in headers and "Tunnelguard-Status" not in headers
 
 
-async def test_upstream_503_gets_retry_after(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_upstream_503_gets_retry_after(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     status, headers, body = await _get(client, tg.url + "/unavailable")
     assert (status, body) == (503, b"down")
     assert headers["Retry-After"] == "5"
 
 
-async def test_jsonrpc_batches(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_jsonrpc_batches(proxied: Proxied, client: aiohttp.ClientSession) -> None:
     _, tg = proxied
     status, headers, _ = await _get(client, tg.url + "/batch/all")
     assert status == 500 and headers["Tunnelguard-Rule"] == "jsonrpc"
@@ -485,7 +518,9 @@ async def test_jsonrpc_batches(proxied, client) -> None:  # type: ignore[no-unty
     assert headers["Tunnelguard-Status"] == "404"
 
 
-async def test_huge_download_streams_in_constant_memory(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_huge_download_streams_in_constant_memory(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     digest = hashlib.sha256()
     size = 0
@@ -499,7 +534,9 @@ async def test_huge_download_streams_in_constant_memory(proxied, client) -> None
     assert digest.hexdigest() == expected
 
 
-async def test_failure_after_head_aborts_the_client(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_failure_after_head_aborts_the_client(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
     _, tg = proxied
     with pytest.raises(aiohttp.ClientPayloadError):
         async with client.get(tg.url + "/hangup") as r:
@@ -508,7 +545,7 @@ async def test_failure_after_head_aborts_the_client(proxied, client) -> None:  #
     assert (await _get(client, tg.url + "/clean"))[0] == 200
 
 
-async def test_in_flight_gauge(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_in_flight_gauge(proxied: Proxied, client: aiohttp.ClientSession) -> None:
     _, tg = proxied
     task = asyncio.ensure_future(_get(client, tg.url + "/slow?s=0.5"))
     for _ in range(100):
@@ -546,8 +583,12 @@ async def test_connection_refused_is_502_problem(
     ],
 )
 async def test_response_timeout_is_504(
-    proxied, client, method: str, headers: dict[str, str], retry_after: str | None
-) -> None:  # type: ignore[no-untyped-def]
+    proxied: Proxied,
+    client: aiohttp.ClientSession,
+    method: str,
+    headers: dict[str, str],
+    retry_after: str | None,
+) -> None:
     _, tg = proxied
     async with client.request(method, tg.url + "/slow?s=3", headers=headers) as r:
         assert r.status == 504
