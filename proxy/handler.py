@@ -85,8 +85,7 @@ class Proxy:
         try:
             attempt = await send(self._session, upstream, request.method, url, out_headers, body)
         except UpstreamFailure as failed:
-            retry_safe = is_retry_safe(request.method, "idempotency-key" in request.headers)
-            return self._failure(failed.failure, route, retry_safe, trace_id, outcome)
+            return self._failure(failed.failure, route, _retry_safe(request), trace_id, outcome)
         resp = attempt.response
         try:
             self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
@@ -115,18 +114,21 @@ class Proxy:
         outcome.code = outcome.true_status = status
         policy = runtime.inspect
         if not route.rules or not policy.wants_status(request.method, status):
-            return await _stream(request, resp, status, headers, [])
+            return await self._stream(request, route, resp, status, headers, [], outcome)
         mtype = ins.media_type(resp.headers.get("Content-Type"))
         codings = ins.encodings(resp.headers.get("Content-Encoding"))
         reason = policy.skip_reason(mtype, codings, resp.content_length)
         if reason is not None:
             self._metrics.count_inspection(route.name, reason)
-            return await _stream(request, resp, status, headers, [])
+            return await self._stream(request, route, resp, status, headers, [], outcome)
 
-        chunks, complete = await _buffer(resp, policy.max_body_bytes)
+        try:
+            chunks, complete = await _buffer(resp, policy.max_body_bytes)
+        except UpstreamFailure as failed:  # nothing sent yet: answer from the table
+            return self._failure(failed.failure, route, _retry_safe(request), trace_id, outcome)
         if not complete:  # larger than declared (or undeclared): pass it through
             self._metrics.count_inspection(route.name, ins.SKIPPED_SIZE)
-            return await _stream(request, resp, status, headers, chunks)
+            return await self._stream(request, route, resp, status, headers, chunks, outcome)
         raw = b"".join(chunks)
         examined = ins.examine(route.rules, policy, raw, mtype, codings)
         self._metrics.count_inspection(route.name, examined.result)
@@ -148,6 +150,22 @@ class Proxy:
         outcome.code = delivery.status
         outcome.source = "flagged" if verdict.action == "flag" else "rewritten"
         return await _send(request, delivery, raw)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        resp: ClientResponse,
+        status: int,
+        headers: h.Headers,
+        already: list[bytes],
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        response, failure = await _stream(request, resp, status, headers, already)
+        if failure is not None:
+            self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
+            outcome.failure = failure
+        return response
 
     def _failure(
         self, failure: Failure, route: Route, retry_safe: bool, trace_id: str, outcome: Outcome
@@ -176,6 +194,10 @@ class Proxy:
             outcome.source,
             time.perf_counter() - started,
         )
+
+
+def _retry_safe(request: web.BaseRequest) -> bool:
+    return is_retry_safe(request.method, "idempotency-key" in request.headers)
 
 
 def _problem(
@@ -226,11 +248,13 @@ async def _stream(
     status: int,
     headers: h.Headers,
     already: list[bytes],
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, Failure | None]:
     """Relay the upstream body as it arrives, after any `already` buffered chunks.
 
     A failure after the head was sent aborts the client connection: a truncated body
-    must never look like a complete one (SPEC 6.1, last row)."""
+    must never look like a complete one (SPEC 6.1, last row).  The failure is returned
+    for counting; the aborted response is returned to aiohttp, which sees the closed
+    transport and stops."""
     response = _start(status, resp.reason, headers)
     if resp.content_length is not None:
         response.content_length = resp.content_length
@@ -240,9 +264,11 @@ async def _stream(
             await response.write(chunk)
         async for chunk in iter_body(resp):
             await response.write(chunk)
-    except UpstreamFailure:
+    except UpstreamFailure as failed:
         if request.transport is not None:
             request.transport.abort()
-        raise
+        return response, failed.failure
+    except ConnectionError:
+        return response, None  # the client went away; nothing more to send
     await response.write_eof()
-    return response
+    return response, None

@@ -184,9 +184,11 @@ async def iter_body(response: ClientResponse) -> AsyncIterator[bytes]:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        raise UpstreamFailure(
-            PROTOCOL_ERROR if isinstance(exc, aiohttp.ClientPayloadError) else classify(exc), exc
-        ) from exc
+        # After the head, an incomplete body means the connection closed or reset.
+        failure = FAILURES["http_protocol_error"]
+        if not isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
+            failure = classify(exc)
+        raise UpstreamFailure(failure, exc) from exc
 
 
 def target_url(base: str, raw_path: str) -> URL:

@@ -118,7 +118,8 @@ def scenario_app() -> web.Application:
         return _json(CLEAN)
 
     async def hangup_mid_body(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        ctype = request.query.get("type", "application/octet-stream")
+        resp = web.StreamResponse(headers={"Content-Type": ctype})
         resp.content_length = 1_000_000
         await resp.prepare(request)
         await resp.write(b"x" * 1000)
@@ -543,6 +544,18 @@ async def test_failure_after_head_aborts_the_client(
             assert r.status == 200
             await r.read()
     assert (await _get(client, tg.url + "/clean"))[0] == 200
+    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="reset") == 1
+
+
+async def test_failure_while_buffering_is_502(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
+    _, tg = proxied
+    async with client.get(tg.url + "/hangup?type=application/json") as r:
+        assert r.status == 502  # nothing was sent yet, so the table answers
+        assert r.headers["Proxy-Status"] == "tunnelguard; error=http_protocol_error"
+        assert r.headers["Retry-After"] == "5"
+    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="reset") == 1
 
 
 async def test_in_flight_gauge(proxied: Proxied, client: aiohttp.ClientSession) -> None:
