@@ -65,6 +65,9 @@ def scenario_app() -> web.Application:
         }[coding]
         return _json(body, **{"Content-Encoding": coding})
 
+    async def bad_gzip(request: web.Request) -> web.Response:
+        return _json(BAD_GZIP, **{"Content-Encoding": "gzip"})
+
     async def bomb(request: web.Request) -> web.Response:
         return _json(BOMB, **{"Content-Encoding": "gzip"})
 
@@ -151,6 +154,7 @@ def scenario_app() -> web.Application:
     app.router.add_get("/ratelimited-header", ratelimited_with_header)
     app.router.add_get("/encoded/{coding}", encoded)
     app.router.add_get("/bomb", bomb)
+    app.router.add_get("/bad-gzip", bad_gzip)
     app.router.add_get("/big-json", big_json)
     app.router.add_get("/chunked-big", chunked_big)
     app.router.add_get("/raw/{name}", raw_body)
@@ -167,6 +171,7 @@ def scenario_app() -> web.Application:
     return app
 
 
+BAD_GZIP = gzip.compress(b'{"error": "upstream timeout"}')[:-12] + b"garbage!"
 BOMB = gzip.compress(b"{" + b" " * (64 << 20) + b"}", compresslevel=9)
 BIG_ERROR = b'{"error": "upstream timeout", "pad": "' + b"x" * (2 << 20) + b'"}'
 RAW_BODIES = {
@@ -346,6 +351,16 @@ async def test_decompression_bomb_is_forwarded_uninspected(
     assert status == 200
     assert body == BOMB
     assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_size") == 1
+
+
+async def test_wrongly_compressed_body_is_forwarded_untouched(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
+    _, tg = proxied
+    status, headers, body = await _get(client, tg.url + "/bad-gzip")
+    assert (status, body) == (200, BAD_GZIP)
+    assert headers["Content-Encoding"] == "gzip"
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="skipped_encoding") == 1
 
 
 @pytest.mark.parametrize("path", ["/big-json", "/chunked-big"])
