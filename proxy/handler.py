@@ -6,6 +6,7 @@ route -> forward (headers cleaned, body streamed) -> on failure answer from the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .rewrite import NEEDS_RETRY_AFTER, Delivery, apply_verdict
 from .rules import Verdict
 from .runtime import Route, Runtime
 from .upstream import Failure, UpstreamFailure, is_retry_safe, iter_body, send, target_url
+
+CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
 
 
 @dataclass(slots=True)
@@ -59,6 +62,11 @@ class Proxy:
         gauge.inc()
         try:
             return await self._proxy(request, route, runtime, trace_id, traceparent, outcome)
+        except asyncio.CancelledError:
+            if not outcome.code:  # the client hung up before any answer (nginx's 499)
+                outcome.code = outcome.true_status = CLIENT_CLOSED
+                outcome.source = "proxy"
+            raise
         finally:
             gauge.dec()
             self._count(route.name, request.method, outcome, started)

@@ -108,6 +108,7 @@ class Metrics:
         self._upstream_durations: dict[tuple[str, str], Histogram] = {}
         self._inspections: dict[tuple[str, str], Counter] = {}
         self._in_flight: dict[str, Gauge] = {}
+        self._tunnelled: dict[tuple[str, str, str, int], Counter] = {}
 
     # Children are cached per label tuple; every label value is bounded (see module doc).
 
@@ -143,7 +144,13 @@ class Metrics:
         child.inc()
 
     def count_tunnelled(self, route: str, rule: str, action: str, status: int) -> None:
-        self.tunnelled_errors.labels(route, rule, action, str(status)).inc()
+        key = (route, rule, action, status)
+        child = self._tunnelled.get(key)
+        if child is None:
+            child = self._tunnelled[key] = self.tunnelled_errors.labels(
+                route, rule, action, str(status)
+            )
+        child.inc()
 
     def in_flight_for(self, route: str) -> Gauge:
         gauge = self._in_flight.get(route)

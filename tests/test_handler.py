@@ -625,3 +625,19 @@ async def test_response_timeout_is_504(
         doc = orjson.loads(await r.read())
     assert doc["retryable"] is (retry_after is not None)
     assert ("may have completed" in doc["detail"]) is (retry_after is None)
+
+
+async def test_client_hangup_is_counted_as_499(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
+    _, tg = proxied
+    with pytest.raises(asyncio.TimeoutError):
+        async with client.get(tg.url + "/slow?s=1.5", timeout=aiohttp.ClientTimeout(total=0.3)):
+            pass
+    labels = {"route": "r", "method": "GET", "code": "499", "class": "4xx", "source": "proxy"}
+    for _ in range(100):
+        if tg.sample("tunnelguard_requests_total", **labels) == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert tg.sample("tunnelguard_requests_total", **labels) == 1
+    assert tg.sample("tunnelguard_in_flight_requests", route="r") == 0
