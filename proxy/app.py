@@ -39,7 +39,7 @@ class TunnelGuard:
     async def start(self) -> None:
         config = self.config
         self._session = new_session()
-        proxy = Proxy(lambda: self.runtime, self._session, self.metrics)
+        proxy = Proxy(lambda: self.runtime, self._session, self.metrics, self.log)
         server = web.Server(
             proxy.handle,
             handler_cancellation=True,  # a client that hangs up cancels its upstream call

@@ -15,6 +15,7 @@ from aiohttp import ClientResponse, ClientSession, web
 
 from . import headers as h
 from . import inspect as ins
+from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import CONTENT_TYPE, problem_body, trace_context
 from .rewrite import NEEDS_RETRY_AFTER, Delivery, apply_verdict
@@ -34,17 +35,23 @@ class Outcome:
     source: str = "upstream"
     verdict: Verdict | None = None
     failure: Failure | None = None
+    upstream_seconds: float | None = None
 
 
 class Proxy:
     """The request handler; `runtime()` returns the config snapshot to serve with."""
 
     def __init__(
-        self, runtime: Callable[[], Runtime], session: ClientSession, metrics: Metrics
+        self,
+        runtime: Callable[[], Runtime],
+        session: ClientSession,
+        metrics: Metrics,
+        log: Log | None = None,
     ) -> None:
         self._runtime = runtime
         self._session = session
         self._metrics = metrics
+        self._log = log
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -56,7 +63,7 @@ class Proxy:
             response = _problem(404, "no_route", "no route matches this request", trace_id)
             outcome.code = outcome.true_status = 404
             outcome.source = "proxy"
-            self._count(UNMATCHED_ROUTE, request.method, outcome, started)
+            self._finish(UNMATCHED_ROUTE, request, outcome, started, trace_id)
             return response
         gauge = self._metrics.in_flight_for(route.name)
         gauge.inc()
@@ -69,7 +76,7 @@ class Proxy:
             raise
         finally:
             gauge.dec()
-            self._count(route.name, request.method, outcome, started)
+            self._finish(route.name, request, outcome, started, trace_id)
 
     async def _proxy(
         self,
@@ -95,6 +102,7 @@ class Proxy:
         except UpstreamFailure as failed:
             return self._failure(failed.failure, route, _retry_safe(request), trace_id, outcome)
         resp = attempt.response
+        outcome.upstream_seconds = attempt.head_seconds
         try:
             self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
             return await self._respond(request, route, runtime, resp, trace_id, outcome)
@@ -193,14 +201,39 @@ class Proxy:
         response.headers["Proxy-Status"] = f"tunnelguard; error={failure.error}"
         return response
 
-    def _count(self, route: str, method: str, outcome: Outcome, started: float) -> None:
+    def _finish(
+        self,
+        route: str,
+        request: web.BaseRequest,
+        outcome: Outcome,
+        started: float,
+        trace_id: str,
+    ) -> None:
+        """Count the request and write its access-log line (SPEC sections 8 and 9)."""
+        seconds = time.perf_counter() - started
+        code = outcome.code or 500
+        true_status = outcome.true_status or code
         self._metrics.count_request(
-            route,
-            method,
-            outcome.code or 500,
-            outcome.true_status or outcome.code or 500,
-            outcome.source,
-            time.perf_counter() - started,
+            route, request.method, code, true_status, outcome.source, seconds
+        )
+        if self._log is None:
+            return
+        verdict = outcome.verdict
+        upstream = outcome.upstream_seconds
+        self._log.event(
+            "request",
+            route=route,
+            method=request.method,
+            path=request.raw_path.split("?", 1)[0],  # never the query string
+            code=code,
+            true_code=true_status,
+            source=outcome.source,
+            rule=verdict.rule if verdict else None,
+            action=verdict.action if verdict else None,
+            upstream_time=round(upstream, 6) if upstream is not None else None,
+            total_time=round(seconds, 6),
+            failure=outcome.failure.kind if outcome.failure else None,
+            traceId=trace_id,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ class Running:
     app: TunnelGuard
     url: str
     admin: str
+    log: io.StringIO
+
+    def log_records(self, event: str = "request") -> list[dict[str, object]]:
+        records = [json.loads(line) for line in self.log.getvalue().splitlines()]
+        return [r for r in records if r.get("event") == event]
 
     @property
     def metrics(self) -> Metrics:
@@ -111,7 +117,8 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
 
     async def start(text: str) -> Running:
         config = parse_text(text, "test.yaml")
-        app = TunnelGuard(config, Log("json", stream=io.StringIO()))
+        log = io.StringIO()
+        app = TunnelGuard(config, Log("json", stream=log))
         await app.start()
         apps.append(app)
         assert app.proxy_address and app.admin_address
@@ -119,6 +126,7 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
             app,
             "http://{}:{}".format(*app.proxy_address),
             "http://{}:{}".format(*app.admin_address),
+            log,
         )
 
     yield start

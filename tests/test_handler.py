@@ -641,3 +641,22 @@ async def test_client_hangup_is_counted_as_499(
         await asyncio.sleep(0.02)
     assert tg.sample("tunnelguard_requests_total", **labels) == 1
     assert tg.sample("tunnelguard_in_flight_requests", route="r") == 0
+
+
+async def test_access_log_line_per_request(proxied: Proxied, client: aiohttp.ClientSession) -> None:
+    _, tg = proxied
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with client.get(tg.url + "/slack-error?token=secret", headers={"traceparent": tp}) as r:
+        await r.read()
+    (record,) = tg.log_records()
+    assert record["route"] == "r"
+    assert record["method"] == "GET"
+    assert record["path"] == "/slack-error"  # no query string: it may carry secrets
+    assert (record["code"], record["true_code"], record["source"]) == (401, 401, "rewritten")
+    assert (record["rule"], record["action"]) == ("slack", "rewrite")
+    assert isinstance(record["upstream_time"], float) and record["upstream_time"] >= 0
+    assert record["total_time"] >= record["upstream_time"]
+    assert record["failure"] is None
+    assert record["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert "time" in record
+    assert "invalid_auth" not in tg.log.getvalue()  # bodies are never logged
