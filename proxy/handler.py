@@ -7,6 +7,7 @@ route -> forward (headers cleaned, body streamed) -> on failure answer from the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,9 +278,12 @@ async def _send(request: web.BaseRequest, delivery: Delivery, raw: bytes) -> web
     body = raw if delivery.body is None else delivery.body
     response = _start(delivery.status, None, delivery.headers)
     response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client went away; aiohttp sees the closed transport
     return response
 
 
@@ -299,8 +303,8 @@ async def _stream(
     response = _start(status, resp.reason, headers)
     if resp.content_length is not None:
         response.content_length = resp.content_length
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         for chunk in already:
             await response.write(chunk)
         async for chunk in iter_body(resp):
@@ -311,5 +315,6 @@ async def _stream(
         return response, failed.failure
     except ConnectionError:
         return response, None  # the client went away; nothing more to send
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
     return response, None
