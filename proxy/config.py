@@ -231,14 +231,15 @@ class Config:
 
 def parse_text(text: str, file: str = "<config>", upstream_url: str | None = None) -> Config:
     """Parse a YAML document; raise ConfigError listing every problem."""
-    from .configparse import parse_document  # the walker; kept apart to stay readable
+    from .configparse import parse_document, render_path  # the walker, kept apart
 
     try:
         source: Source = load(text, file)
     except YamlError as exc:
         line = exc.mark.line if exc.mark else None
         col = exc.mark.col if exc.mark else None
-        raise ConfigError([Problem(file, line, col, "", exc.message)]) from None
+        problem = Problem(file, line, col, render_path(exc.path), exc.message)
+        raise ConfigError([problem]) from None
     return parse_document(source, upstream_url)
 
 

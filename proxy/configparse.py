@@ -58,6 +58,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE = re.compile(r"^([0-9]+)\s*(B|KiB|MiB|GiB)?$")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _STATUS_RANGE = re.compile(r"^([1-5][0-9][0-9])\s*-\s*([1-5][0-9][0-9])$")
+_INTEGER = re.compile(r"[-+]?[0-9]{1,19}")
 _MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/(?:\*|\*?[a-z0-9!#$&^_.+-]+)$")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -82,7 +83,7 @@ class _Walker:
     def error(self, path: Path, message: str, *, at_key: bool = False) -> None:
         mark = self.source.key_marks.get(path) if at_key else None
         mark = mark or self.source.mark(path)
-        line, col = (mark.line, mark.col) if mark else (None, None)
+        line, col = (mark.line, mark.col) if mark else (1, 1)  # no marks: an empty document
         self.problems.append(Problem(self.source.file, line, col, render_path(path), message))
 
     # -- shapes ----------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class _Walker:
 
     def name(self, value: object, path: Path) -> str:
         text = self.string(value, path)
-        if text is not _BAD and not _NAME.match(text):
+        if text is not _BAD and not _NAME.fullmatch(text):
             self.error(path, f"invalid name {text!r}: use letters, digits, `_`, `.`, `-`")
             return _BAD  # type: ignore[no-any-return]
         return text
@@ -171,9 +172,10 @@ class _Walker:
     def duration(self, value: object, path: Path) -> float:
         if value == 0 and not isinstance(value, bool):
             return 0.0
-        match = _DURATION.match(value) if isinstance(value, str) else None
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if match is None:
-            hint = f" (did you mean `{value}s`?)" if isinstance(value, int | float) else ""
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            hint = f" (did you mean `{value}s`?)" if number else ""
             self.error(
                 path, f"expected a duration like 250ms, 2s or 1m, got {_describe(value)}{hint}"
             )
@@ -190,10 +192,10 @@ class _Walker:
     def size(self, value: object, path: Path) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        match = _SIZE.match(value) if isinstance(value, str) else None
+        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
         if match is None:
             hint = ""
-            if isinstance(value, str) and re.match(r"^[0-9]+\s*[KMG]B$", value, re.I):
+            if isinstance(value, str) and re.fullmatch(r"[0-9]+\s*[KMG]B", value, re.I):
                 hint = f" (did you mean `{value[:-1].upper().rstrip()}iB`?)"
             self.error(path, f"expected a size like 64KiB or 1MiB, got {_describe(value)}{hint}")
             return _BAD  # type: ignore[no-any-return]
@@ -270,8 +272,13 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
     doc = w.mapping(source.value, (), _TOP_KEYS, ("version", "upstreams", "routes"))
     if doc is None:
         raise ConfigError(w.problems)
-    if "version" in doc and doc["version"] != 1:
-        w.error(("version",), f"unsupported version {doc['version']!r}; this build reads 1")
+    version = doc.get("version", 1)
+    if type(version) is not int or version != 1:
+        w.error(
+            ("version",),
+            f"unsupported version {version if type(version) is int else _describe(version)}; "
+            "this build reads 1",
+        )
     defaults = Config(upstreams=(), routes=())
     listen = w.field(doc, "listen", (), w.listen, defaults.listen)
     admin_listen = defaults.admin_listen
@@ -279,11 +286,13 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
         admin = w.mapping(doc["admin"], ("admin",), ("listen",))
         if admin is not None:
             admin_listen = w.field(admin, "listen", ("admin",), w.listen, admin_listen)
-    upstreams = _upstreams(w, doc.get("upstreams"), upstream_url)
+    upstreams = _upstreams(w, doc["upstreams"], upstream_url) if "upstreams" in doc else ()
     rules = _rules(w, doc.get("rules", []))
-    names = {u.name for u in upstreams}
-    rule_names = {r.name for r in rules} | set(PRESET_NAMES)
-    routes = _routes(w, doc.get("routes"), names, rule_names)
+    # Names as declared, even where the entry itself has errors: those are reported once, at
+    # the entry, not again at every reference.
+    names = _declared_upstreams(doc.get("upstreams"))
+    rule_names = _declared_rules(doc.get("rules")) | set(PRESET_NAMES)
+    routes = _routes(w, doc["routes"], names, rule_names) if "routes" in doc else ()
     config = Config(
         upstreams=upstreams,
         routes=routes,
@@ -298,8 +307,20 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
         source=source.file,
     )
     if w.problems:
-        raise ConfigError(w.problems)
+        # Sections are walked in dependency order; report in reading order.
+        raise ConfigError(sorted(w.problems, key=lambda p: (p.line or 0, p.col or 0)))
     return config
+
+
+def _declared_upstreams(value: object) -> set[str] | None:
+    """None when the section itself is missing or broken: references cannot be judged."""
+    return {str(k) for k in value} if isinstance(value, dict) and value else None
+
+
+def _declared_rules(value: object) -> set[str]:
+    if not isinstance(value, list):
+        return set()
+    return {r["name"] for r in value if isinstance(r, dict) and isinstance(r.get("name"), str)}
 
 
 _UPSTREAM_KEYS = (
@@ -324,7 +345,7 @@ def _upstreams(w: _Walker, value: object, upstream_url: str | None) -> tuple[Ups
         if m is None:
             continue
         url = upstream_url if upstream_url is not None else m.get("url")
-        url = _upstream_url(w, url, (*at, "url"))
+        url = _upstream_url(w, url, (*at, "url")) if url is not None or "url" in m else None
         retry = w.field(m, "retry", at, lambda v, p: _retry(w, v, p), RetryPolicy())
         breaker = w.field(m, "circuit_breaker", at, lambda v, p: _breaker(w, v, p), None)
         timeouts = w.field(m, "timeouts", at, lambda v, p: _timeouts(w, v, p), Timeouts())
@@ -412,7 +433,7 @@ _ROUTE_KEYS = (
 
 
 def _routes(
-    w: _Walker, value: object, upstreams: set[str], rule_names: set[str]
+    w: _Walker, value: object, upstreams: set[str] | None, rule_names: set[str]
 ) -> tuple[RouteConfig, ...]:
     items = w.sequence(value, ("routes",))
     if items is None:
@@ -420,6 +441,7 @@ def _routes(
     if not items:
         w.error(("routes",), "at least one route is needed")
     result: list[RouteConfig] = []
+    reliable: list[RouteConfig] = []  # routes whose `match` parsed without errors
     seen: set[str] = set()
     for i, spec in enumerate(items):
         at: Path = ("routes", i)
@@ -431,7 +453,7 @@ def _routes(
             w.error((*at, "name"), f"duplicate route name {name!r}")
         seen.add(name)
         upstream = w.field(m, "upstream", at, w.string, "")
-        if upstream and upstream not in upstreams:
+        if upstream and upstreams is not None and upstream not in upstreams:
             known = ", ".join(sorted(upstreams)) or "none"
             w.error((*at, "upstream"), f"unknown upstream {upstream!r}; defined: {known}")
         rules: tuple[str, ...] = ()
@@ -444,10 +466,13 @@ def _routes(
                     w.error((*at, "rules", j), f"unknown rule or preset {rule!r}{suffix}")
                 else:
                     rules += (rule,)
+        before = len(w.problems)
+        match = w.field(m, "match", at, lambda v, p: _match(w, v, p), RouteMatch())
+        match_ok = len(w.problems) == before
         route = RouteConfig(
             name=name,
             upstream=upstream,
-            match=w.field(m, "match", at, lambda v, p: _match(w, v, p), RouteMatch()),
+            match=match,
             strip_prefix=w.field(m, "strip_prefix", at, w.boolean, False),
             rules=rules,
             action=w.field(m, "action", at, w.choice(ACTIONS), None),
@@ -455,11 +480,15 @@ def _routes(
                 m, "preset_options", at, lambda v, p: _preset_options(w, v, p), ()
             ),
         )
-        for earlier in result:
+        # A `match` with errors fell back to defaults; judging reachability on it would only
+        # add a misleading second error.
+        for earlier in reliable if match_ok else ():
             if _shadows(earlier.match, route.match):
                 w.error(at, f"unreachable: route {earlier.name!r} above matches all its requests")
                 break
         result.append(route)
+        if match_ok:
+            reliable.append(route)
     return tuple(result)
 
 
@@ -484,7 +513,15 @@ def _match(w: _Walker, value: object, path: Path) -> RouteMatch:
         prefix = "/"
     prefix = prefix.rstrip("/") or "/"
     host = w.field(m, "host", path, w.string, None)
-    return RouteMatch(prefix, host.lower().split(":")[0] if host else None)
+    return RouteMatch(prefix, _host_only(host) if host else None)
+
+
+def _host_only(host: str) -> str:
+    """Lower case, port removed; an IPv6 literal keeps its brackets (as runtime compares)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _preset_options(w: _Walker, value: object, path: Path) -> tuple[tuple[int, int], ...]:
@@ -502,11 +539,10 @@ def _preset_options(w: _Walker, value: object, path: Path) -> tuple[tuple[int, i
     result = []
     for key, status in (codes or {}).items():
         where = (*at, "codes", key)
-        try:
-            code = int(key)
-        except ValueError:
+        if not _INTEGER.fullmatch(key):
             w.error(where, f"expected an integer JSON-RPC error code, got {key!r}", at_key=True)
             continue
+        code = int(key)
         mapped = w.http_status(status, where)
         if mapped is not _BAD:
             result.append((code, mapped))
@@ -523,7 +559,7 @@ def _inspect(w: _Walker, value: object, path: Path = ("inspect",)) -> InspectCon
         listed = w.sequence(m["content_types"], (*path, "content_types")) or []
         types = ()
         for i, t in enumerate(listed):
-            if not isinstance(t, str) or not _MEDIA_TYPE.match(t.lower()):
+            if not isinstance(t, str) or not _MEDIA_TYPE.fullmatch(t.lower()):
                 w.error((*path, "content_types", i), f"expected a media type, got {_describe(t)}")
             else:
                 types += (t.lower(),)
@@ -536,7 +572,7 @@ def _inspect(w: _Walker, value: object, path: Path = ("inspect",)) -> InspectCon
             if isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599:
                 statuses += ((s, s),)
                 continue
-            match = _STATUS_RANGE.match(s) if isinstance(s, str) else None
+            match = _STATUS_RANGE.fullmatch(s) if isinstance(s, str) else None
             if match is None or int(match.group(1)) > int(match.group(2)):
                 w.error(at, f"expected a status or a range like 200-299, got {_describe(s)}")
             else:
@@ -606,17 +642,10 @@ def _rules(w: _Walker, value: object) -> tuple[RuleConfig, ...]:
         when = _when(w, m.get("when"), (*at, "when"), 0) if "when" in m else None
         status = _status(w, m.get("status"), (*at, "status")) if "status" in m else None
         retry_from = w.field(m, "retry_after_from", at, w.pointer, None)
+        action = w.field(m, "action", at, w.choice(ACTIONS), "rewrite")
+        body = w.field(m, "body", at, w.choice(BODIES), "keep")
         if when is not None and status is not None:
-            result.append(
-                RuleConfig(
-                    name=name,
-                    when=when,
-                    status=status,
-                    action=w.field(m, "action", at, w.choice(ACTIONS), "rewrite"),
-                    body=w.field(m, "body", at, w.choice(BODIES), "keep"),
-                    retry_after_from=retry_from,
-                )
-            )
+            result.append(RuleConfig(name, when, status, action, body, retry_from))
     return tuple(result)
 
 
@@ -641,15 +670,19 @@ def _when(w: _Walker, value: object, path: Path, depth: int) -> When | None:
             return None
         conds = tuple(p for p in parsed if p is not None)
         return AllOf(conds) if key == "all" else AnyOf(conds)
+    before = len(w.problems)
     m = w.mapping(value, path, ("path", *_TESTS, "all", "any", "not"), ("path",))
     if m is None:
         return None
+    misspelt = len(w.problems) > before  # `equal: 1` is reported as an unknown key already
     for key in ("all", "any", "not"):
         if key in m:
             w.error((*path, key), f"`{key}` must be the only key of its condition", at_key=True)
             return None
     ptr = w.field(m, "path", path, w.pointer, None)
     tests = [k for k in _TESTS if k in m]
+    if not tests and misspelt:
+        return None
     if len(tests) != 1:
         w.error(path, f"a condition needs exactly one of {', '.join(_TESTS)}; got {len(tests)}")
         return None
@@ -688,8 +721,14 @@ def _status(w: _Walker, value: object, path: Path) -> StatusSpec | None:
     if isinstance(value, int) and not isinstance(value, bool):
         fixed = w.http_status(value, path)
         return None if fixed is _BAD else StatusSpec(fixed=fixed)
+    if not isinstance(value, dict):
+        w.error(
+            path,
+            f"expected a status code such as 502, or a mapping with `from`, got {_describe(value)}",
+        )
+        return None
     m = w.mapping(value, path, ("from", "map", "ranges", "default"), ("from",))
-    if m is None:
+    if m is None:  # pragma: no cover - a dict always passes
         return None
     source = w.field(m, "from", path, w.pointer, None)
     mapping: list[tuple[str, int]] = []
@@ -755,8 +794,8 @@ def _tests(
                     w.error((*at, "rules", j), f"unknown rule or preset {r!r}")
         if (route is None) == (rules is None):
             w.error(at, "a test names exactly one of `route` or `rules`")
-        response = _test_response(w, m.get("response"), (*at, "response"))
-        expect = _test_expect(w, m.get("expect"), (*at, "expect"))
+        response = _test_response(w, m["response"], (*at, "response")) if "response" in m else None
+        expect = _test_expect(w, m["expect"], (*at, "expect")) if "expect" in m else None
         mark = w.source.mark(at)
         if response is not None and expect is not None:
             result.append(
@@ -780,7 +819,9 @@ def _test_response(w: _Walker, value: object, path: Path) -> TestResponse | None
     status = w.field(m, "status", path, lambda v, p: w.http_status(v, p, False), d.status)
     headers = _headers(w, m["headers"], (*path, "headers")) if "headers" in m else d.headers
     body = m.get("body")
-    if isinstance(body, str):
+    if "body" not in m:
+        raw = d.body
+    elif isinstance(body, str):
         raw = body.encode()  # a string is the body's exact text (JSON or not)
     else:
         try:

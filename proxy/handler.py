@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import ClientResponse, ClientSession, web
+from aiohttp import ClientResponse, ClientSession, hdrs, web
 
 from . import headers as h
 from . import inspect as ins
@@ -57,7 +57,9 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         runtime = self._runtime()  # this request keeps this snapshot, even across a reload
-        trace_id, traceparent = trace_context(request.headers.get("traceparent"))
+        incoming = request.headers.getall("traceparent", ())
+        # several traceparent headers are as invalid as a malformed one (W3C 3.2)
+        trace_id, traceparent = trace_context(incoming[0] if len(incoming) == 1 else None)
         route = runtime.route_for(request.host, request.raw_path)
         outcome = Outcome()
         if route is None:
@@ -95,6 +97,7 @@ class Proxy:
             scheme=request.scheme,
             upstream_host=route.upstream_host,
             traceparent=traceparent,
+            new_trace=trace_id not in request.headers.get("traceparent", ""),
         )
         url = target_url(route.base_url, route.upstream_target(request.raw_path))
         body = request.content if request.body_exists else None
@@ -126,8 +129,6 @@ class Proxy:
     ) -> web.StreamResponse:
         status = resp.status
         headers = h.response_headers(resp.raw_headers)
-        if status in NEEDS_RETRY_AFTER and h.get(headers, "retry-after") is None:
-            headers.append(("Retry-After", str(route.fallback_retry_after)))  # SPEC 6.1
         outcome.code = outcome.true_status = status
         policy = runtime.inspect
         if not route.rules or not policy.wants_status(request.method, status):
@@ -151,7 +152,9 @@ class Proxy:
         self._metrics.count_inspection(route.name, examined.result)
         verdict = examined.verdict
         if verdict is None:
-            return await _send(request, Delivery(status, headers, None), raw)
+            return await _send(
+                request, Delivery(status, headers, None), raw, route.fallback_retry_after
+            )
 
         self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
         outcome.verdict = verdict
@@ -166,7 +169,7 @@ class Proxy:
         )
         outcome.code = delivery.status
         outcome.source = "flagged" if verdict.action == "flag" else "rewritten"
-        return await _send(request, delivery, raw)
+        return await _send(request, delivery, raw, route.fallback_retry_after)
 
     async def _stream(
         self,
@@ -178,7 +181,9 @@ class Proxy:
         already: list[bytes],
         outcome: Outcome,
     ) -> web.StreamResponse:
-        response, failure = await _stream(request, resp, status, headers, already)
+        response, failure = await _stream(
+            request, resp, status, headers, already, route.fallback_retry_after
+        )
         if failure is not None:
             self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
             outcome.failure = failure
@@ -265,18 +270,24 @@ async def _buffer(resp: ClientResponse, limit: int) -> tuple[list[bytes], bool]:
     return chunks, True
 
 
-def _start(status: int, reason: str | None, headers: h.Headers) -> web.StreamResponse:
+def _start(
+    status: int, reason: str | None, headers: h.Headers, retry_after: int
+) -> web.StreamResponse:
     response = web.StreamResponse(status=status, reason=reason)
     target = response.headers
     for name, value in headers:
         target.add(name, value)
+    if status in NEEDS_RETRY_AFTER and hdrs.RETRY_AFTER not in target:
+        target[hdrs.RETRY_AFTER] = str(retry_after)  # SPEC 6.1: a 429/503 always says when
     return response
 
 
-async def _send(request: web.BaseRequest, delivery: Delivery, raw: bytes) -> web.StreamResponse:
+async def _send(
+    request: web.BaseRequest, delivery: Delivery, raw: bytes, retry_after: int
+) -> web.StreamResponse:
     """Answer with a fully buffered body (the upstream's `raw` unless replaced)."""
     body = raw if delivery.body is None else delivery.body
-    response = _start(delivery.status, None, delivery.headers)
+    response = _start(delivery.status, None, delivery.headers, retry_after)
     response.content_length = len(body)
     try:
         await response.prepare(request)
@@ -293,6 +304,7 @@ async def _stream(
     status: int,
     headers: h.Headers,
     already: list[bytes],
+    retry_after: int,
 ) -> tuple[web.StreamResponse, Failure | None]:
     """Relay the upstream body as it arrives, after any `already` buffered chunks.
 
@@ -300,7 +312,7 @@ async def _stream(
     must never look like a complete one (SPEC 6.1, last row).  The failure is returned
     for counting; the aborted response is returned to aiohttp, which sees the closed
     transport and stops."""
-    response = _start(status, resp.reason, headers)
+    response = _start(status, resp.reason, headers, retry_after)
     if resp.content_length is not None:
         response.content_length = resp.content_length
     try:

@@ -39,6 +39,13 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     return tokens
 
 
+def _add(values: list[str], value: str) -> None:
+    """Collect one line of a list header; an empty line would leave a stray ", "."""
+    value = value.strip()
+    if value:
+        values.append(value)
+
+
 def decode_raw(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     # latin-1 round-trips every byte: nothing the peer sent is altered
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
@@ -51,13 +58,18 @@ def request_headers(
     scheme: str,
     upstream_host: str | None,
     traceparent: str,
+    new_trace: bool = False,
 ) -> Headers:
     """Headers to send upstream: hop-by-hop removed, forwarding headers appended.
 
-    `upstream_host` replaces the client's Host when `preserve_host: false`.
+    `upstream_host` replaces the client's Host when `preserve_host: false`.  When
+    `new_trace` is set the client's trace context was unusable, so its `tracestate`
+    is dropped with it (W3C Trace Context 3.3).
     """
     headers = decode_raw(raw)
     drop = HOP_BY_HOP | _connection_tokens(headers)
+    if new_trace:
+        drop = drop | {"tracestate"}
     out: Headers = []
     host = ""
     xff: list[str] = []
@@ -73,16 +85,16 @@ def request_headers(
             if upstream_host is not None:
                 continue
         elif lower == "x-forwarded-for":
-            xff.append(value)
+            _add(xff, value)
             continue
         elif lower == "x-forwarded-proto":
-            xfp.append(value)
+            _add(xfp, value)
             continue
         elif lower == "x-forwarded-host":
-            xfh.append(value)
+            _add(xfh, value)
             continue
         elif lower == "via":
-            via.append(value)
+            _add(via, value)
             continue
         out.append((name, value))
     if upstream_host is not None:
@@ -111,7 +123,7 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         if lower in drop or lower.startswith(_VERDICT_PREFIX):
             continue
         if lower == "via":
-            via.append(value)
+            _add(via, value)
             continue
         out.append((name, value))
     out.append(("Via", ", ".join([*via, VIA])))

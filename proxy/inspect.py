@@ -30,6 +30,14 @@ RESULTS = (MATCHED, CLEAN, SKIPPED_SIZE, SKIPPED_CONTENT_TYPE, SKIPPED_ENCODING,
 
 _BOM = b"\xef\xbb\xbf"
 _DECODERS = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "identity"})
+_GZIP_MAGIC = b"\x1f\x8b"
+# brotli output asked for per call; a call may return up to about twice this, which is
+# all a bomb can overshoot the cap by
+_BR_STEP = 64 << 10
+_ZSTD_STEP = 64 << 10  # zstd output per read while measuring a body's decoded size
+# RFC 9659: encoders MUST NOT need a window over 8 MB for the "zstd" coding.  The frame
+# header alone makes the decoder allocate the window, so a larger one is refused.
+_ZSTD_MAX_WINDOW = 8 << 20
 
 
 def media_type(content_type: str | None) -> str:
@@ -60,6 +68,7 @@ class InspectPolicy:
     def compile(cls, config: InspectConfig) -> InspectPolicy:
         exact, wild = set(), []
         for t in config.content_types:
+            t = t.lower()  # `media_type()` lowercases what it is compared with
             major, _, minor = t.partition("/")
             if "*" in minor:
                 wild.append((major, minor.replace("*", "", 1)))
@@ -112,8 +121,11 @@ def decode(body: bytes, codings: tuple[str, ...], cap: int) -> bytes:
     for coding in reversed(codings):
         if coding == "identity":
             continue
+        decoder = _DECODE.get(coding)
+        if decoder is None:  # `skip_reason` screens these out; never a KeyError here
+            raise Undecodable(SKIPPED_ENCODING)
         try:
-            body = _DECODE[coding](body, cap)
+            body = decoder(body, cap)
         except Undecodable:
             raise
         except (zlib.error, brotli.error, zstandard.ZstdError, ValueError):
@@ -122,43 +134,76 @@ def decode(body: bytes, codings: tuple[str, ...], cap: int) -> bytes:
 
 
 def _gzip(body: bytes, cap: int) -> bytes:
-    return _zlib(body, cap, 16 + zlib.MAX_WBITS)
+    # A gzip body may be several members back to back (RFC 1952 section 2.2); bytes
+    # after the last member that do not start another one are ignored, as browsers do.
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        out, body = _zlib(body, cap - size, 16 + zlib.MAX_WBITS)
+        size += len(out)
+        parts.append(out)
+        if not body.startswith(_GZIP_MAGIC):
+            return b"".join(parts)
 
 
 def _deflate(body: bytes, cap: int) -> bytes:
     # "deflate" is meant to be zlib-wrapped (RFC 9110 8.4.1.2), but servers send raw too.
     try:
-        return _zlib(body, cap, zlib.MAX_WBITS)
+        return _zlib(body, cap, zlib.MAX_WBITS)[0]
     except zlib.error:
-        return _zlib(body, cap, -zlib.MAX_WBITS)
+        return _zlib(body, cap, -zlib.MAX_WBITS)[0]
 
 
-def _zlib(body: bytes, cap: int, wbits: int) -> bytes:
+def _zlib(body: bytes, cap: int, wbits: int) -> tuple[bytes, bytes]:
+    """One complete zlib/gzip/raw deflate stream: (output, the bytes after it)."""
     d = zlib.decompressobj(wbits)
-    out = d.decompress(body, cap + 1)
+    out = d.decompress(body, cap + 1)  # max_length bounds the allocation, not just the result
     if len(out) > cap:
         raise Undecodable(SKIPPED_SIZE)
     if not d.eof:
         raise Undecodable(SKIPPED_ENCODING)  # truncated stream
-    return out
+    return out, d.unused_data
 
 
 def _br(body: bytes, cap: int) -> bytes:
+    # `output_buffer_limit` stops the buffer growing once it is reached, but a single
+    # growth step can double it; small steps keep the overshoot past `cap` small too.
     d = brotli.Decompressor()
-    out: bytes = d.process(body, output_buffer_limit=cap + 1)
-    if len(out) > cap:
-        raise Undecodable(SKIPPED_SIZE)
-    if not d.is_finished():
-        raise Undecodable(SKIPPED_ENCODING)
-    return out
+    parts: list[bytes] = []
+    size = 0
+    out: bytes = d.process(body, output_buffer_limit=_BR_STEP)
+    while True:
+        size += len(out)
+        if size > cap:
+            raise Undecodable(SKIPPED_SIZE)
+        parts.append(out)
+        if d.is_finished():
+            return b"".join(parts)
+        out = d.process(b"", output_buffer_limit=_BR_STEP)  # input it still holds
+        if not out and not d.is_finished():  # every byte used, stream unfinished: truncated
+            raise Undecodable(SKIPPED_ENCODING)
 
 
 def _zstd(body: bytes, cap: int) -> bytes:
-    with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-        out: bytes = reader.read(cap + 1)
-    if len(out) > cap:
-        raise Undecodable(SKIPPED_SIZE)
-    return out
+    dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
+    # 1. Measure, in bounded steps, what the whole body expands to.
+    with dctx.stream_reader(body, read_across_frames=True) as reader:
+        size = 0
+        while chunk := reader.read(_ZSTD_STEP):
+            size += len(chunk)
+            if size > cap:
+                raise Undecodable(SKIPPED_SIZE)
+    # 2. It fits: decode frame by frame (RFC 8878 section 3: one or more frames); a
+    #    frame the body ends inside is a truncated body, which the reader above hides.
+    parts: list[bytes] = []
+    while True:
+        frame = dctx.decompressobj()
+        parts.append(frame.decompress(body))
+        if not frame.eof:
+            raise Undecodable(SKIPPED_ENCODING)
+        body = frame.unused_data
+        if not body:
+            return b"".join(parts)
 
 
 _DECODE = {"gzip": _gzip, "x-gzip": _gzip, "deflate": _deflate, "br": _br, "zstd": _zstd}

@@ -10,7 +10,9 @@ import orjson
 
 CONTENT_TYPE = "application/problem+json"
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+# version-traceid-parentid-flags; a later version may append "-..." fields (W3C Trace
+# Context, "Versioning of traceparent": read what version 00 defines, keep the header)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -25,9 +27,16 @@ def trace_context(traceparent: str | None) -> tuple[str, str]:
     A valid incoming header is forwarded unchanged; otherwise a new one is made.
     """
     if traceparent:
-        m = _TRACEPARENT.match(traceparent.strip())
-        if m and m.group(1) != "ff" and m.group(2) != _ZERO_TRACE and m.group(3) != _ZERO_SPAN:
-            return m.group(2), traceparent.strip()
+        value = traceparent.strip()
+        m = _TRACEPARENT.fullmatch(value)
+        if (
+            m
+            and m.group(1) != "ff"
+            and (m.group(5) is None or m.group(1) != "00")  # version 00 is exactly 55 chars
+            and m.group(2) != _ZERO_TRACE
+            and m.group(3) != _ZERO_SPAN
+        ):
+            return m.group(2), value
     trace_id = new_trace_id()
     return trace_id, f"00-{trace_id}-{os.urandom(8).hex()}-00"
 
@@ -64,6 +73,7 @@ def problem_body(
     if extra:
         doc.update(extra)
     body = orjson.dumps(doc)
-    if upstream_json is None:
+    upstream = upstream_json.strip() if upstream_json is not None else b""
+    if not upstream:  # nothing to splice: `"upstream":}` would not be JSON
         return body
-    return body[:-1] + b',"upstream":' + upstream_json.strip() + b"}"
+    return body[:-1] + b',"upstream":' + upstream + b"}"

@@ -57,13 +57,9 @@ def apply_verdict(
         return Delivery(upstream_status, flagged, None)
 
     out = h.without(headers, _DROP_ON_REWRITE)
-    retry_after: str | None = None
-    if verdict.status in NEEDS_RETRY_AFTER:
-        retry_after = h.get(headers, "retry-after")
-        if retry_after is None:
-            seconds = verdict.retry_after
-            retry_after = str(seconds if seconds is not None else fallback_retry_after)
-            out.append(("Retry-After", retry_after))
+    if verdict.status in NEEDS_RETRY_AFTER and h.get(headers, "retry-after") is None:
+        seconds = verdict.retry_after
+        out.append(("Retry-After", str(seconds if seconds is not None else fallback_retry_after)))
     out.append(("Cache-Control", "no-store"))
     out.append(("Tunnelguard-Rule", verdict.rule))
     out.append(("Proxy-Status", proxy_status(upstream_status, verdict.rule)))
@@ -80,7 +76,9 @@ def apply_verdict(
         "tunnelled_error",
         detail,
         trace_id,
-        retryable=retry_after is not None,
+        # SPEC 6.2: exactly when the response carries Retry-After, which an upstream's
+        # own header (kept, like every other one) does on any status
+        retryable=h.get(out, "retry-after") is not None,
         extra={"rule": verdict.rule, "upstreamStatus": upstream_status},
         upstream_json=decoded_json,
     )

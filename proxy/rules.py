@@ -8,6 +8,7 @@ that matches, or None.  Nothing here does I/O or touches config at run time.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -84,16 +85,25 @@ def text_form(value: object) -> str | None:
     return None
 
 
-def _number(value: object) -> float | None:
+_NUMERIC_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def _number(value: object) -> int | float | None:
+    """A JSON number, or a string holding one (`"-32005"`, `"1.5"`; leading zeros allowed).
+
+    Integers stay exact (a float would round codes beyond 2**53).  Python's own `float()`
+    would also take "1_000", " 5", "nan" and "infinity", which are not numbers in JSON.
+    """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str) and len(value) <= 64 and _NUMERIC_TEXT.fullmatch(value):
+        if value.lstrip("-").isdigit():
+            return int(value)
+        number = float(value)
         return number if math.isfinite(number) else None
     return None
 
@@ -170,7 +180,7 @@ class _StatusMap:
     fixed: int | None
     source: Pointer | None
     table: Mapping[str, int]
-    ranges: tuple[tuple[float, float, int], ...]
+    ranges: tuple[tuple[int, int, int], ...]
     default: int
 
     def resolve(self, doc: object) -> tuple[int, str | None]:
@@ -194,7 +204,7 @@ def _compile_status(spec: StatusSpec) -> _StatusMap:
         fixed=spec.fixed,
         source=compile_pointer(spec.source) if spec.source is not None else None,
         table=dict(spec.map),
-        ranges=tuple((float(r.min), float(r.max), r.status) for r in spec.ranges),
+        ranges=tuple((r.min, r.max, r.status) for r in spec.ranges),
         default=spec.default,
     )
 

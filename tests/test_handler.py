@@ -660,3 +660,56 @@ async def test_access_log_line_per_request(proxied: Proxied, client: aiohttp.Cli
     assert record["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert "time" in record
     assert "invalid_auth" not in tg.log.getvalue()  # bodies are never logged
+
+
+async def test_inspected_503_uses_retry_after_from_the_body(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    app = web.Application()
+
+    async def busy(request: web.Request) -> web.Response:
+        return _json(b'{"status":"error","code":"BUSY","retry_in_seconds":7}', status=503)
+
+    app.router.add_get("/busy", busy)
+    upstream = await start_upstream(app)
+    extra = (
+        "inspect: {statuses: [200-299, 503]}\n"
+        "rules:\n  - name: env\n    when: {path: /code, equals: BUSY}\n    status: 503\n"
+        "    retry_after_from: /retry_in_seconds\n"
+    )
+    route = "  - name: r\n    upstream: u\n    rules: [env]\n"
+    tg = await start_proxy(config_yaml(upstream.url, extra=extra, route=route))
+    status, headers, _ = await _get(client, tg.url + "/busy")
+    assert status == 503
+    assert headers.getall("Retry-After") == ["7"]  # the body's value, not the fallback
+
+
+@pytest.mark.parametrize(
+    ("traceparents", "kept"),
+    [
+        (["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"], True),
+        (["garbage"], False),
+        (
+            [
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ],
+            False,
+        ),
+    ],
+)
+async def test_trace_context_is_forwarded_or_restarted(
+    proxied: Proxied, client: aiohttp.ClientSession, traceparents: list[str], kept: bool
+) -> None:
+    _, tg = proxied
+    from multidict import CIMultiDict
+
+    headers: CIMultiDict[str] = CIMultiDict([("traceparent", t) for t in traceparents])
+    headers.add("tracestate", "vendor=abc")
+    async with client.get(tg.url + "/echo", headers=headers) as r:
+        echoed = orjson.loads(await r.read())
+    sent = [(k.lower(), v) for k, v in echoed["headers"]]
+    forwarded = [v for k, v in sent if k == "traceparent"]
+    assert len(forwarded) == 1
+    assert (forwarded[0] == traceparents[0]) is kept
+    assert (("tracestate", "vendor=abc") in sent) is kept
