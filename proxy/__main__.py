@@ -60,7 +60,8 @@ def _env_listen(name: str) -> Listen | None:
     try:
         return _listen(value)
     except argparse.ArgumentTypeError as exc:
-        raise SystemExit(f"tunnelguard: {name}: {exc}") from None
+        print(f"tunnelguard: {name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def load_run_config(args: argparse.Namespace) -> Config:

@@ -817,7 +817,11 @@ def _test_response(w: _Walker, value: object, path: Path) -> TestResponse | None
         return None
     d = TestResponse()
     status = w.field(m, "status", path, lambda v, p: w.http_status(v, p, False), d.status)
-    headers = _headers(w, m["headers"], (*path, "headers")) if "headers" in m else d.headers
+    headers = d.headers
+    if "headers" in m:
+        headers = _headers(w, m["headers"], (*path, "headers"))
+        if not any(name == "content-type" for name, _ in headers):
+            headers = (*d.headers, *headers)  # JSON unless the test says otherwise
     body = m.get("body")
     if "body" not in m:
         raw = d.body

@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import ClientResponse, ClientSession, hdrs, web
+from aiohttp import ClientResponse, ClientSession, web
 
 from . import headers as h
 from . import inspect as ins
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import CONTENT_TYPE, problem_body, trace_context
-from .rewrite import NEEDS_RETRY_AFTER, Delivery, apply_verdict
+from .rewrite import Delivery, apply_verdict, with_retry_after
 from .rules import Verdict
 from .runtime import Route, Runtime
 from .upstream import Failure, UpstreamFailure, is_retry_safe, iter_body, send, target_url
@@ -275,10 +275,8 @@ def _start(
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=status, reason=reason)
     target = response.headers
-    for name, value in headers:
+    for name, value in with_retry_after(status, headers, retry_after):
         target.add(name, value)
-    if status in NEEDS_RETRY_AFTER and hdrs.RETRY_AFTER not in target:
-        target[hdrs.RETRY_AFTER] = str(retry_after)  # SPEC 6.1: a 429/503 always says when
     return response
 
 

@@ -29,6 +29,7 @@ INVALID_JSON = "invalid_json"
 RESULTS = (MATCHED, CLEAN, SKIPPED_SIZE, SKIPPED_CONTENT_TYPE, SKIPPED_ENCODING, INVALID_JSON)
 
 _BOM = b"\xef\xbb\xbf"
+_NO_BODY = frozenset({204, 205, 304})
 _DECODERS = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "identity"})
 _GZIP_MAGIC = b"\x1f\x8b"
 # brotli output asked for per call; a call may return up to about twice this, which is
@@ -84,8 +85,10 @@ class InspectPolicy:
         )
 
     def wants_status(self, method: str, status: int) -> bool:
-        """Could this response carry a tunnelled error at all?  (Not counted when not.)"""
-        return status in self.statuses and method != "HEAD"
+        """Could this response carry a tunnelled error at all?  (Not counted when not.)
+
+        HEAD answers and 204/205/304 have no body (RFC 9110 6.4.1)."""
+        return status in self.statuses and method != "HEAD" and status not in _NO_BODY
 
     def is_json(self, mtype: str) -> bool:
         if mtype in self.exact_types:
@@ -239,7 +242,11 @@ class Examined:
 def examine(
     rules: Ruleset, policy: InspectPolicy, raw: bytes, mtype: str, codings: tuple[str, ...]
 ) -> Examined:
-    """Decode, parse and evaluate a buffered body.  Pure; never raises on bad input."""
+    """Decode, parse and evaluate a buffered body.  Pure; never raises on bad input.
+
+    An empty body carries no error: it is clean, not invalid JSON."""
+    if not raw:
+        return Examined(CLEAN)
     try:
         decoded = decode(raw, codings, policy.max_decoded_bytes)
         doc = parse_json(decoded)

@@ -31,6 +31,13 @@ class Delivery:
     body: bytes | None
 
 
+def with_retry_after(status: int, headers: h.Headers, seconds: int) -> h.Headers:
+    """SPEC 6.1: a 429 or 503 always tells the client when to come back."""
+    if status in NEEDS_RETRY_AFTER and h.get(headers, "retry-after") is None:
+        return [*headers, ("Retry-After", str(seconds))]
+    return headers
+
+
 def proxy_status(upstream_status: int, rule: str) -> str:
     """RFC 9209 Proxy-Status for a rewritten response (details is an sf-string)."""
     detail = f"rule {rule}".replace("\\", "\\\\").replace('"', '\\"')

@@ -240,7 +240,9 @@ class _PresetRule:
         hit = self.preset.evaluate(doc, media_type)
         if hit is None:
             return None
-        action = self.action or ("flag" if hit.flag_only else "rewrite")
+        # A protocol-mandated flag (GraphQL legacy media type, partial results) stays a
+        # flag even under a route's `action: rewrite`: rewriting breaks compliant clients.
+        action = "flag" if hit.flag_only else (self.action or "rewrite")
         return Verdict(self.name, hit.status, action, "keep", None, hit.message)
 
 

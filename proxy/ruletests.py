@@ -9,7 +9,7 @@ from . import headers as h
 from . import inspect as ins
 from .config import Config, RuleTest, TestResponse
 from .problem import new_trace_id
-from .rewrite import apply_verdict
+from .rewrite import apply_verdict, with_retry_after
 from .rules import RuleSet, compile_ruleset
 from .runtime import Runtime, build
 
@@ -39,18 +39,18 @@ def simulate(
         (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
     )
     if not rules or not policy.wants_status(method, status):
-        return Simulation(status, None, None, headers, None)
+        return _passed(status, headers, None, fallback_retry_after)
     mtype = ins.media_type(h.get(response.headers, "content-type"))
     codings = ins.encodings(h.get(response.headers, "content-encoding"))
     reason = policy.skip_reason(mtype, codings, len(response.body))
     if reason is None and len(response.body) > policy.max_body_bytes:
         reason = ins.SKIPPED_SIZE
     if reason is not None:
-        return Simulation(status, None, None, headers, reason)
+        return _passed(status, headers, reason, fallback_retry_after)
     examined = ins.examine(rules, policy, response.body, mtype, codings)
     verdict = examined.verdict
     if verdict is None:
-        return Simulation(status, None, None, headers, examined.result)
+        return _passed(status, headers, examined.result, fallback_retry_after)
     delivery = apply_verdict(
         verdict,
         status,
@@ -63,10 +63,18 @@ def simulate(
         delivery.status,
         verdict.rule,
         verdict.action,
-        delivery.headers,
+        with_retry_after(delivery.status, delivery.headers, fallback_retry_after),
         examined.result,
         delivery.body,
     )
+
+
+def _passed(
+    status: int, headers: h.Headers, inspection: str | None, fallback_retry_after: int
+) -> Simulation:
+    """A response delivered as the upstream sent it (only Retry-After may be added)."""
+    headers = with_retry_after(status, headers, fallback_retry_after)
+    return Simulation(status, None, None, headers, inspection)
 
 
 @dataclass(frozen=True, slots=True)

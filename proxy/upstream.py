@@ -128,7 +128,11 @@ def new_session() -> ClientSession:
     """The one shared client session: a keep-alive pool to every upstream."""
     trace = TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=10)
+    # Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of
+    # Node.js servers (and most others), so we rarely reuse one the upstream is closing.
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ttl_dns_cache=10, keepalive_timeout=4.0
+    )
     return ClientSession(
         connector=connector,
         auto_decompress=False,  # clients get the upstream's bytes, compressed or not

@@ -273,3 +273,10 @@ async def test_100mb_json_body_streams_in_bounded_memory(
     assert digest.hexdigest() == hashlib.sha256(chunk * count).hexdigest()
     growth_mib = (_hwm_kib(proc.pid) - baseline) / 1024
     assert growth_mib < 24, f"proxy peak RSS grew {growth_mib:.1f} MiB for a 100 MiB body"
+
+
+def test_bad_listen_env_is_usage_error() -> None:
+    env = {**os.environ, "TUNNELGUARD_UPSTREAM": "http://127.0.0.1:1", "TUNNELGUARD_LISTEN": "x"}
+    proc = subprocess.run([*PY, "run"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert "TUNNELGUARD_LISTEN" in proc.stderr

@@ -143,7 +143,9 @@ def test_compile_defaults() -> None:
     [
         ("GET", 200, True),
         ("GET", 201, True),
-        ("POST", 204, True),
+        ("POST", 204, False),  # 204/205/304 have no body to inspect
+        ("GET", 205, False),
+        ("GET", 206, True),
         ("PUT", 299, True),
         ("DELETE", 250, True),
         ("GET", 199, False),

@@ -549,9 +549,9 @@ def test_route_action_overrides_user_rules(
         # GraphQL over legacy application/json is flag-only by itself ...
         (["graphql"], '{"errors": [{"extensions": {"code": "FORBIDDEN"}}]}', JSON, None,
          "flag", 403),
-        # ... but a route's explicit override applies to presets too
+        # ... and stays a flag under a route's `action: rewrite` (rewriting breaks clients)
         (["graphql"], '{"errors": [{"extensions": {"code": "FORBIDDEN"}}]}', JSON, "rewrite",
-         "rewrite", 403),
+         "flag", 403),
         (["graphql"], '{"data": null, "errors": [{"type": "NOT_FOUND"}]}', GQL, None,
          "rewrite", 404),
         (["graphql"], '{"data": null, "errors": [{"type": "NOT_FOUND"}]}', GQL, "flag",
