@@ -1,30 +1,44 @@
 """The life of one proxied request, top to bottom.
 
-route -> forward (headers cleaned, body streamed) -> on failure answer from the table
--> decide to inspect or stream -> evaluate rules -> rewrite or flag -> count -> respond.
+route -> admit (breaker, concurrency) -> forward (headers cleaned, body streamed or kept
+for replay) -> on failure map through the table -> inspect or stream -> evaluate rules
+-> retry when policy and budget allow -> rewrite or flag -> count -> respond.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import email.utils
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import ClientResponse, ClientSession, web
 
 from . import headers as h
 from . import inspect as ins
+from . import respond
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
-from .problem import CONTENT_TYPE, problem_body, trace_context
-from .rewrite import Delivery, apply_verdict, with_retry_after
+from .problem import trace_context
+from .resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
+from .rewrite import Delivery, apply_verdict
 from .rules import Verdict
 from .runtime import Route, Runtime
-from .upstream import Failure, UpstreamFailure, is_retry_safe, iter_body, send, target_url
+from .upstream import (
+    OVERLOADED,
+    PROTOCOL_ERROR,
+    REFUSED_BY_BREAKER,
+    Failure,
+    RequestBody,
+    UpstreamFailure,
+    is_retry_safe,
+    send,
+    target_url,
+)
 
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass(slots=True)
@@ -37,6 +51,44 @@ class Outcome:
     verdict: Verdict | None = None
     failure: Failure | None = None
     upstream_seconds: float | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class Plan:
+    """One attempt's result, decided but not yet delivered.
+
+    `failure` set: no usable response.  Otherwise `resp` is the upstream response;
+    `raw` is its complete buffered body (None: stream it, after `already`)."""
+
+    failure: Failure | None = None
+    resp: ClientResponse | None = None
+    headers: h.Headers = field(default_factory=list)
+    already: list[bytes] = field(default_factory=list)
+    raw: bytes | None = None
+    verdict: Verdict | None = None
+    delivery: Delivery | None = None
+
+    @property
+    def true_status(self) -> int:
+        if self.failure is not None:
+            return self.failure.status
+        if self.verdict is not None:
+            return self.verdict.status
+        return self.resp.status if self.resp is not None else 0
+
+    def retry_after(self) -> float | None:
+        """Seconds the upstream asked us to wait (header, else the body's value)."""
+        value = h.get(self.headers, "retry-after") if self.resp is not None else None
+        if value is not None:
+            return _retry_after_seconds(value)
+        if self.verdict is not None and self.verdict.retry_after is not None:
+            return float(self.verdict.retry_after)
+        return None
+
+    def discard(self) -> None:
+        if self.resp is not None:
+            _release(self.resp)
 
 
 class Proxy:
@@ -53,6 +105,18 @@ class Proxy:
         self._session = session
         self._metrics = metrics
         self._log = log
+        self._guards: dict[str, UpstreamGuard] = {}
+        self.closing = False  # draining: answer with Connection: close
+
+    def guard(self, route: Route) -> UpstreamGuard:
+        """The upstream's live state; rebuilt only when its settings change."""
+        upstream = route.upstream
+        guard = self._guards.get(upstream.name)
+        if guard is None or guard.config != upstream:
+            gauge = self._metrics.circuit_state.labels(upstream.name)
+            guard = UpstreamGuard.build(upstream, on_state=gauge.set)
+            self._guards[upstream.name] = guard
+        return guard
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -63,7 +127,9 @@ class Proxy:
         route = runtime.route_for(request.host, request.raw_path)
         outcome = Outcome()
         if route is None:
-            response = _problem(404, "no_route", "no route matches this request", trace_id)
+            response = respond.problem(
+                404, "no_route", "no route matches this request", trace_id, closing=self.closing
+            )
             outcome.code = outcome.true_status = 404
             outcome.source = "proxy"
             self._finish(UNMATCHED_ROUTE, request, outcome, started, trace_id)
@@ -91,6 +157,8 @@ class Proxy:
         outcome: Outcome,
     ) -> web.StreamResponse:
         upstream = route.upstream
+        guard = self.guard(route)
+        retry_safe = is_retry_safe(request.method, "idempotency-key" in request.headers)
         out_headers = h.request_headers(
             request.raw_headers,
             client_ip=request.remote,
@@ -100,110 +168,204 @@ class Proxy:
             new_trace=trace_id not in request.headers.get("traceparent", ""),
         )
         url = target_url(route.base_url, route.upstream_target(request.raw_path))
-        body = request.content if request.body_exists else None
-        try:
-            attempt = await send(self._session, upstream, request.method, url, out_headers, body)
-        except UpstreamFailure as failed:
-            return self._failure(failed.failure, route, _retry_safe(request), trace_id, outcome)
-        resp = attempt.response
-        outcome.upstream_seconds = attempt.head_seconds
-        try:
-            self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
-            return await self._respond(request, route, runtime, resp, trace_id, outcome)
-        finally:
-            if resp.content.is_eof():
-                resp.release()  # fully read: the connection goes back to the pool
-            else:
-                resp.close()  # unread bytes would poison a reused connection
+        body = RequestBody(None)
+        if request.body_exists:
+            body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
+        guard.budget.record_request()
+        while True:
+            outcome.attempts += 1
+            refused = self._admit(guard, route, retry_safe, trace_id, outcome)
+            if isinstance(refused, web.StreamResponse):
+                return refused
+            probe = refused
+            guard.in_flight += 1
+            plan: Plan | None = None
+            try:
+                try:
+                    attempt = await send(
+                        self._session, upstream, request.method, url, out_headers, body.payload()
+                    )
+                except UpstreamFailure as failed:
+                    plan = Plan(failure=failed.failure)
+                else:
+                    outcome.upstream_seconds = attempt.head_seconds
+                    self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
+                    plan = await self._inspect(request, route, runtime, attempt.response, trace_id)
+                if plan.failure is not None:
+                    self._metrics.upstream_failures.labels(upstream.name, plan.failure.kind).inc()
+                if guard.breaker is not None:
+                    guard.breaker.record(plan.true_status >= 500, probe)
+                    probe = False
+                reason = self._retry_reason(plan, guard, retry_safe, body, outcome.attempts)
+                delay = None
+                if reason is not None:
+                    delay = backoff_delay(upstream.retry, outcome.attempts, plan.retry_after())
+                if delay is None or not guard.budget.try_spend():
+                    return await self._deliver(request, route, plan, retry_safe, trace_id, outcome)
+                self._metrics.retries.labels(upstream.name, str(reason)).inc()
+                plan.discard()
+                plan = None
+            finally:
+                guard.in_flight -= 1
+                if probe and guard.breaker is not None:
+                    guard.breaker.release_probe()
+                if plan is not None:
+                    plan.discard()
+            await asyncio.sleep(delay)
 
-    # -- answering -----------------------------------------------------------------------------
+    # -- admission and retries -------------------------------------------------------------
 
-    async def _respond(
+    def _admit(
+        self,
+        guard: UpstreamGuard,
+        route: Route,
+        retry_safe: bool,
+        trace_id: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse | bool:
+        """A refusal (breaker open, too many in flight), or whether this is a probe."""
+        probe = False
+        if guard.breaker is not None:
+            admitted, probe, wait = guard.breaker.admit()
+            if not admitted:
+                return self._failure(REFUSED_BY_BREAKER, route, True, trace_id, outcome, wait)
+        if guard.full():
+            if probe and guard.breaker is not None:
+                guard.breaker.release_probe()
+            return self._failure(OVERLOADED, route, True, trace_id, outcome, 1)
+        return probe
+
+    def _retry_reason(
+        self,
+        plan: Plan,
+        guard: UpstreamGuard,
+        retry_safe: bool,
+        body: RequestBody,
+        attempts: int,
+    ) -> str | None:
+        """Why this attempt may be retried (a `retries_total{reason}`), or None."""
+        policy = guard.config.retry
+        if attempts >= policy.attempts:
+            return None
+        failure = plan.failure
+        if failure is not None and failure.kind in ("connect_error", "connect_timeout"):
+            # nothing was sent: safe for any method, unless a streamed body was started
+            usable = body.replayable or not body.touched
+            return "connect_error" if usable and "connect_error" in policy.on else None
+        if not retry_safe or not body.replayable:
+            return None  # the upstream may have acted on it (RFC 9110 9.2.2)
+        if failure is not None:
+            reason = "timeout" if failure.kind == "response_timeout" else "502"
+        elif plan.true_status in RETRYABLE_STATUSES:
+            reason = str(plan.true_status)
+        else:
+            return None
+        return reason if reason in policy.on else None
+
+    # -- inspecting and delivering ---------------------------------------------------------
+
+    async def _inspect(
         self,
         request: web.BaseRequest,
         route: Route,
         runtime: Runtime,
         resp: ClientResponse,
         trace_id: str,
-        outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> Plan:
+        """Decide what to do with a response head: stream it, or buffer and judge it."""
         status = resp.status
-        headers = h.response_headers(resp.raw_headers)
-        outcome.code = outcome.true_status = status
+        plan = Plan(resp=resp, headers=h.response_headers(resp.raw_headers))
         policy = runtime.inspect
         if not route.rules or not policy.wants_status(request.method, status):
-            return await self._stream(request, route, resp, status, headers, [], outcome)
+            return plan
         mtype = ins.media_type(resp.headers.get("Content-Type"))
         codings = ins.encodings(resp.headers.get("Content-Encoding"))
         reason = policy.skip_reason(mtype, codings, resp.content_length)
         if reason is not None:
             self._metrics.count_inspection(route.name, reason)
-            return await self._stream(request, route, resp, status, headers, [], outcome)
-
+            return plan
         try:
-            chunks, complete = await _buffer(resp, policy.max_body_bytes)
+            chunks, complete = await respond.read_bounded(resp, policy.max_body_bytes)
         except UpstreamFailure as failed:  # nothing sent yet: answer from the table
-            return self._failure(failed.failure, route, _retry_safe(request), trace_id, outcome)
+            _release(resp)
+            return Plan(failure=failed.failure)
         if not complete:  # larger than declared (or undeclared): pass it through
             self._metrics.count_inspection(route.name, ins.SKIPPED_SIZE)
-            return await self._stream(request, route, resp, status, headers, chunks, outcome)
-        raw = b"".join(chunks)
-        examined = ins.examine(route.rules, policy, raw, mtype, codings)
+            plan.already = chunks
+            return plan
+        plan.raw = b"".join(chunks)
+        examined = ins.examine(route.rules, policy, plan.raw, mtype, codings)
         self._metrics.count_inspection(route.name, examined.result)
         verdict = examined.verdict
-        if verdict is None:
-            return await _send(
-                request, Delivery(status, headers, None), raw, route.fallback_retry_after
+        if verdict is not None:
+            self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
+            plan.verdict = verdict
+            plan.delivery = apply_verdict(
+                verdict,
+                status,
+                plan.headers,
+                decoded_json=examined.decoded,
+                fallback_retry_after=route.fallback_retry_after,
+                trace_id=trace_id,
             )
+        return plan
 
-        self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
-        outcome.verdict = verdict
-        outcome.true_status = verdict.status
-        delivery = apply_verdict(
-            verdict,
-            status,
-            headers,
-            decoded_json=examined.decoded,
-            fallback_retry_after=route.fallback_retry_after,
-            trace_id=trace_id,
-        )
-        outcome.code = delivery.status
-        outcome.source = "flagged" if verdict.action == "flag" else "rewritten"
-        return await _send(request, delivery, raw, route.fallback_retry_after)
-
-    async def _stream(
+    async def _deliver(
         self,
         request: web.BaseRequest,
         route: Route,
-        resp: ClientResponse,
-        status: int,
-        headers: h.Headers,
-        already: list[bytes],
+        plan: Plan,
+        retry_safe: bool,
+        trace_id: str,
         outcome: Outcome,
     ) -> web.StreamResponse:
-        response, failure = await _stream(
-            request, resp, status, headers, already, route.fallback_retry_after
-        )
-        if failure is not None:
-            self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
-            outcome.failure = failure
-        return response
+        if plan.failure is not None or plan.resp is None:
+            failure = plan.failure or PROTOCOL_ERROR
+            retry_after = route.fallback_retry_after if retry_safe else None
+            return self._failure(failure, route, retry_safe, trace_id, outcome, retry_after)
+        resp = plan.resp
+        outcome.code = outcome.true_status = resp.status
+        fallback = route.fallback_retry_after
+        if plan.raw is None:
+            response, broke = await respond.relay(
+                request, resp, plan.headers, plan.already, fallback, self.closing
+            )
+            if broke is not None:  # after the head: the client connection was aborted
+                self._metrics.upstream_failures.labels(route.upstream.name, broke.kind).inc()
+                outcome.failure = broke
+            return response
+        delivery = plan.delivery or Delivery(resp.status, plan.headers, None)
+        if plan.verdict is not None:
+            outcome.verdict = plan.verdict
+            outcome.true_status = plan.verdict.status
+            outcome.code = delivery.status
+            outcome.source = "flagged" if plan.verdict.action == "flag" else "rewritten"
+        return await respond.send_buffered(request, delivery, plan.raw, fallback, self.closing)
 
     def _failure(
-        self, failure: Failure, route: Route, retry_safe: bool, trace_id: str, outcome: Outcome
+        self,
+        failure: Failure,
+        route: Route,
+        retry_safe: bool,
+        trace_id: str,
+        outcome: Outcome,
+        retry_after: int | None,
     ) -> web.StreamResponse:
-        self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
+        """Answer from the failure table (SPEC 6.1) with a problem body (6.2)."""
+        if failure in (OVERLOADED, REFUSED_BY_BREAKER):
+            self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
         outcome.code = outcome.true_status = failure.status
         outcome.source = "proxy"
         outcome.failure = failure
-        retry_after = route.fallback_retry_after if retry_safe else None
         detail = failure.title
         if failure.may_have_reached and not retry_safe:
             detail += (
                 "; the upstream may have completed the request, so it is not safe to retry "
                 "blindly (RFC 9110 9.2.2)"
             )
-        response = _problem(failure.status, failure.error, detail, trace_id, retry_after)
+        response = respond.problem(
+            failure.status, failure.error, detail, trace_id, retry_after, self.closing
+        )
         response.headers["Proxy-Status"] = f"tunnelguard; error={failure.error}"
         return response
 
@@ -239,92 +401,25 @@ class Proxy:
             upstream_time=round(upstream, 6) if upstream is not None else None,
             total_time=round(seconds, 6),
             failure=outcome.failure.kind if outcome.failure else None,
+            attempts=outcome.attempts,
             traceId=trace_id,
         )
 
 
-def _retry_safe(request: web.BaseRequest) -> bool:
-    return is_retry_safe(request.method, "idempotency-key" in request.headers)
+def _release(resp: ClientResponse) -> None:
+    if resp.content.is_eof():
+        resp.release()  # fully read: the connection goes back to the pool
+    else:
+        resp.close()  # unread bytes would poison a reused connection
 
 
-def _problem(
-    status: int, error: str, detail: str, trace_id: str, retry_after: int | None = None
-) -> web.Response:
-    body = problem_body(status, error, detail, trace_id, retryable=retry_after is not None)
-    response = web.Response(status=status, body=body, content_type=CONTENT_TYPE)
-    response.headers["Cache-Control"] = "no-store"
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    return response
-
-
-async def _buffer(resp: ClientResponse, limit: int) -> tuple[list[bytes], bool]:
-    """Read the body up to `limit` bytes; (chunks, True) when it ended within the limit."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in iter_body(resp):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return chunks, False
-    return chunks, True
-
-
-def _start(
-    status: int, reason: str | None, headers: h.Headers, retry_after: int
-) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, reason=reason)
-    target = response.headers
-    for name, value in with_retry_after(status, headers, retry_after):
-        target.add(name, value)
-    return response
-
-
-async def _send(
-    request: web.BaseRequest, delivery: Delivery, raw: bytes, retry_after: int
-) -> web.StreamResponse:
-    """Answer with a fully buffered body (the upstream's `raw` unless replaced)."""
-    body = raw if delivery.body is None else delivery.body
-    response = _start(delivery.status, None, delivery.headers, retry_after)
-    response.content_length = len(body)
+def _retry_after_seconds(value: str) -> float | None:
+    """Retry-After is delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
     try:
-        await response.prepare(request)
-        await response.write(body)
-        await response.write_eof()
-    except ConnectionError:
-        pass  # the client went away; aiohttp sees the closed transport
-    return response
-
-
-async def _stream(
-    request: web.BaseRequest,
-    resp: ClientResponse,
-    status: int,
-    headers: h.Headers,
-    already: list[bytes],
-    retry_after: int,
-) -> tuple[web.StreamResponse, Failure | None]:
-    """Relay the upstream body as it arrives, after any `already` buffered chunks.
-
-    A failure after the head was sent aborts the client connection: a truncated body
-    must never look like a complete one (SPEC 6.1, last row).  The failure is returned
-    for counting; the aborted response is returned to aiohttp, which sees the closed
-    transport and stops."""
-    response = _start(status, resp.reason, headers, retry_after)
-    if resp.content_length is not None:
-        response.content_length = resp.content_length
-    try:
-        await response.prepare(request)
-        for chunk in already:
-            await response.write(chunk)
-        async for chunk in iter_body(resp):
-            await response.write(chunk)
-    except UpstreamFailure as failed:
-        if request.transport is not None:
-            request.transport.abort()
-        return response, failed.failure
-    except ConnectionError:
-        return response, None  # the client went away; nothing more to send
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
-    return response, None
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

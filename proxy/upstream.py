@@ -61,6 +61,15 @@ FAILURES: dict[str, Failure] = {
 PROTOCOL_ERROR = Failure(
     "protocol_error", 502, "http_protocol_error", "upstream sent a malformed response", True
 )
+# Refusals before anything is sent: always retryable, always with Retry-After.
+OVERLOADED = Failure(
+    "overloaded", 503, "connection_limit_reached",
+    "too many requests in flight to this upstream (max_concurrency)", False,
+)  # fmt: skip
+REFUSED_BY_BREAKER = Failure(
+    "circuit_open", 503, "destination_unavailable",
+    "the upstream is failing; its circuit breaker is open", False,
+)  # fmt: skip
 
 
 class UpstreamFailure(Exception):
@@ -200,3 +209,57 @@ def target_url(base: str, raw_path: str) -> URL:
 
     `base` is the upstream URL without a trailing slash; its path is a prefix."""
     return URL(base + raw_path, encoded=True)
+
+
+class RequestBody:
+    """The client's request body as sent upstream.
+
+    Bodies up to `replay_limit` are read whole so a retry can send them again
+    (SPEC 6.3); larger ones stream through and can only be retried when the failed
+    attempt never started reading them (a connect failure)."""
+
+    __slots__ = ("_data", "_prefix", "_stream", "touched")
+
+    def __init__(
+        self, data: bytes | None, stream: aiohttp.StreamReader | None = None, prefix: bytes = b""
+    ) -> None:
+        self._data = data
+        self._stream = stream
+        self._prefix = prefix
+        self.touched = False
+
+    @property
+    def replayable(self) -> bool:
+        return self._stream is None
+
+    def payload(self) -> object:
+        """What to hand to aiohttp for one attempt."""
+        if self._stream is None:
+            return self._data
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        self.touched = True
+        if self._prefix:
+            yield self._prefix
+        stream = self._stream
+        if stream is not None:
+            async for chunk in stream.iter_any():
+                yield chunk
+
+    @classmethod
+    async def read(
+        cls, stream: aiohttp.StreamReader, length: int | None, replay_limit: int
+    ) -> RequestBody:
+        """Buffer up to `replay_limit` bytes of `stream`, or stream it."""
+        if length is not None and length > replay_limit:
+            return cls(None, stream)
+        parts: list[bytes] = []
+        size = 0
+        while size <= replay_limit:
+            chunk = await stream.readany()
+            if not chunk:
+                return cls(b"".join(parts))
+            parts.append(chunk)
+            size += len(chunk)
+        return cls(None, stream, b"".join(parts))

@@ -599,7 +599,9 @@ async def test_connection_refused_is_502_problem(
     assert len(doc["traceId"]) == 32
     labels = {"route": "r", "method": "GET", "code": "502", "class": "5xx", "source": "proxy"}
     assert tg.sample("tunnelguard_requests_total", **labels) == 1
-    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="connect_error") == 1
+    # the default policy tries twice (one retry on connect_error); each attempt counts
+    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="connect_error") == 2
+    assert tg.sample("tunnelguard_retries_total", upstream="u", reason="connect_error") == 1
 
 
 @pytest.mark.parametrize(

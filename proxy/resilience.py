@@ -1,0 +1,185 @@
+"""Per-upstream protection: the concurrency limit, the retry budget, backoff and the
+circuit breaker (SPEC 6.3).  No I/O: time comes from an injected clock, so every
+rule here is tested with a fake one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import BreakerPolicy, RetryPolicy, UpstreamConfig
+
+Clock = Callable[[], float]
+
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2  # the circuit_state gauge values
+BUDGET_WINDOW = 10.0  # seconds: "retries in the last 10 s"
+BUDGET_FLOOR = 10  # "... + 10": a quiet upstream may still be retried a little
+REPLAY_LIMIT = 64 << 10  # request bodies up to this size are buffered to be replayed
+
+
+class _Buckets:
+    """Event counts in one-second buckets over a sliding window."""
+
+    __slots__ = ("_clock", "_counts", "_window")
+
+    def __init__(self, window: float, clock: Clock) -> None:
+        self._window = window
+        self._clock = clock
+        self._counts: deque[list[int]] = deque()  # [second, a, b]
+
+    def add(self, a: int = 0, b: int = 0) -> None:
+        now = int(self._clock())
+        self._expire(now)
+        if self._counts and self._counts[-1][0] == now:
+            self._counts[-1][1] += a
+            self._counts[-1][2] += b
+        else:
+            self._counts.append([now, a, b])
+
+    def totals(self) -> tuple[int, int]:
+        self._expire(int(self._clock()))
+        return sum(c[1] for c in self._counts), sum(c[2] for c in self._counts)
+
+    def clear(self) -> None:
+        self._counts.clear()
+
+    def _expire(self, now: int) -> None:
+        horizon = now - self._window
+        while self._counts and self._counts[0][0] <= horizon:
+            self._counts.popleft()
+
+
+class RetryBudget:
+    """Retries in the last 10 s may not exceed `ratio` x requests in the last 10 s + 10.
+
+    This is what keeps retries from multiplying an outage (a retry storm)."""
+
+    def __init__(self, ratio: float, clock: Clock = time.monotonic) -> None:
+        self.ratio = ratio
+        self._events = _Buckets(BUDGET_WINDOW, clock)  # a = requests, b = retries
+
+    def record_request(self) -> None:
+        self._events.add(a=1)
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        requests, retries = self._events.totals()
+        if retries + 1 > self.ratio * requests + BUDGET_FLOOR:
+            return False
+        self._events.add(b=1)
+        return True
+
+
+def backoff_delay(
+    policy: RetryPolicy,
+    retry_number: int,
+    retry_after: float | None,
+    rng: Callable[[float, float], float] = random.uniform,
+) -> float | None:
+    """Seconds to wait before retry `retry_number` (1 for the first), or None when the
+    upstream asked for longer than `max_backoff` (we never retry sooner than asked).
+
+    Full jitter (uniform between 0 and the exponential cap) spreads retries out so
+    that clients which failed together do not come back together."""
+    if retry_after is not None:
+        return retry_after if retry_after <= policy.max_backoff else None
+    cap = min(policy.max_backoff, policy.backoff * (2 ** (retry_number - 1)))
+    return rng(0.0, cap)
+
+
+class CircuitBreaker:
+    """Opens when failures/requests >= `failure_ratio` over a rolling `window` (with at
+    least `min_requests`); stays open `open_for`; then lets one probe through."""
+
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        clock: Clock = time.monotonic,
+        on_state: Callable[[int], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._on_state = on_state or (lambda state: None)
+        self._events = _Buckets(policy.window, clock)  # a = requests, b = failures
+        self.state = CLOSED
+        self._opened_at = 0.0
+        self._probing = False
+        self._on_state(CLOSED)
+
+    def admit(self) -> tuple[bool, bool, int]:
+        """(admitted, is_probe, retry_after seconds when refused)."""
+        if self.state == OPEN:
+            remaining = self._opened_at + self.policy.open_for - self._clock()
+            if remaining > 0:
+                return False, False, max(1, math.ceil(remaining))
+            self._set(HALF_OPEN)
+        if self.state == HALF_OPEN:
+            if self._probing:
+                return False, False, 1
+            self._probing = True
+            return True, True, 0
+        return True, False, 0
+
+    def record(self, failure: bool, probe: bool) -> None:
+        """The result of an admitted request."""
+        if probe:
+            self._probing = False
+            if failure:
+                self._open()
+            else:
+                self._events.clear()
+                self._set(CLOSED)
+            return
+        if self.state != CLOSED:
+            return  # a late answer from before the circuit opened
+        self._events.add(a=1, b=1 if failure else 0)
+        requests, failures = self._events.totals()
+        if requests >= self.policy.min_requests and failures >= self.policy.failure_ratio * (
+            requests
+        ):
+            self._open()
+
+    def release_probe(self) -> None:
+        """The probe ended without a verdict (the client left): let another one try."""
+        self._probing = False
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._events.clear()
+        self._set(OPEN)
+
+    def _set(self, state: int) -> None:
+        if state != self.state or state == OPEN:
+            self.state = state
+            self._on_state(state)
+
+
+@dataclass(slots=True)
+class UpstreamGuard:
+    """The live protection state of one upstream; it survives config reloads as long as
+    the upstream's settings do not change."""
+
+    config: UpstreamConfig
+    budget: RetryBudget
+    breaker: CircuitBreaker | None
+    in_flight: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        config: UpstreamConfig,
+        clock: Clock = time.monotonic,
+        on_state: Callable[[int], None] | None = None,
+    ) -> UpstreamGuard:
+        breaker = None
+        if config.circuit_breaker is not None:
+            breaker = CircuitBreaker(config.circuit_breaker, clock, on_state)
+        return cls(config, RetryBudget(config.retry.budget, clock), breaker)
+
+    def full(self) -> bool:
+        return self.in_flight >= self.config.max_concurrency

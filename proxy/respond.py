@@ -1,0 +1,109 @@
+"""Writing responses to the client: buffered, streamed, or generated (problem+json).
+
+Every writer tolerates a client that went away (ConnectionError): aiohttp sees the
+closed transport and stops.  `closing` marks responses sent while draining
+(`Connection: close`, SPEC 6.3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiohttp import ClientResponse, web
+
+from . import headers as h
+from .problem import CONTENT_TYPE, problem_body
+from .rewrite import Delivery, with_retry_after
+from .upstream import Failure, UpstreamFailure, iter_body
+
+
+def start(
+    status: int, reason: str | None, headers: h.Headers, retry_after: int, closing: bool
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, reason=reason)
+    target = response.headers
+    for name, value in with_retry_after(status, headers, retry_after):
+        target.add(name, value)
+    if closing:
+        response.force_close()
+    return response
+
+
+def problem(
+    status: int,
+    error: str,
+    detail: str,
+    trace_id: str,
+    retry_after: int | None = None,
+    closing: bool = False,
+) -> web.Response:
+    """A response tunnelguard generates itself (SPEC 6.2): `retryable` is true exactly
+    when it carries Retry-After."""
+    body = problem_body(status, error, detail, trace_id, retryable=retry_after is not None)
+    response = web.Response(status=status, body=body, content_type=CONTENT_TYPE)
+    response.headers["Cache-Control"] = "no-store"
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    if closing:
+        response.force_close()
+    return response
+
+
+async def send_buffered(
+    request: web.BaseRequest, delivery: Delivery, raw: bytes, retry_after: int, closing: bool
+) -> web.StreamResponse:
+    """Answer with a fully buffered body (the upstream's `raw` unless replaced)."""
+    body = raw if delivery.body is None else delivery.body
+    response = start(delivery.status, None, delivery.headers, retry_after, closing)
+    response.content_length = len(body)
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+    return response
+
+
+async def relay(
+    request: web.BaseRequest,
+    resp: ClientResponse,
+    headers: h.Headers,
+    already: list[bytes],
+    retry_after: int,
+    closing: bool,
+) -> tuple[web.StreamResponse, Failure | None]:
+    """Relay the upstream body as it arrives, after any `already` buffered chunks.
+
+    A failure after the head was sent aborts the client connection: a truncated body
+    must never look like a complete one (SPEC 6.1, last row).  The failure is returned
+    for counting."""
+    response = start(resp.status, resp.reason, headers, retry_after, closing)
+    if resp.content_length is not None:
+        response.content_length = resp.content_length
+    try:
+        await response.prepare(request)
+        for chunk in already:
+            await response.write(chunk)
+        async for chunk in iter_body(resp):
+            await response.write(chunk)
+    except UpstreamFailure as failed:
+        if request.transport is not None:
+            request.transport.abort()
+        return response, failed.failure
+    except ConnectionError:
+        return response, None  # the client went away; nothing more to send
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response, None
+
+
+async def read_bounded(resp: ClientResponse, limit: int) -> tuple[list[bytes], bool]:
+    """Read the body up to `limit` bytes; (chunks, True) when it ended within the limit.
+    The bound caps the memory one in-flight response can hold."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in iter_body(resp):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return chunks, False
+    return chunks, True
