@@ -25,6 +25,8 @@ class TunnelGuard:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._session: ClientSession | None = None
+        self._proxy: Proxy | None = None
+        self._proxy_runner: web.BaseRunner | None = None
         self._runners: list[web.BaseRunner] = []
         self.proxy_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -39,7 +41,7 @@ class TunnelGuard:
     async def start(self) -> None:
         config = self.config
         self._session = new_session()
-        proxy = Proxy(lambda: self.runtime, self._session, self.metrics, self.log)
+        proxy = self._proxy = Proxy(lambda: self.runtime, self._session, self.metrics, self.log)
         server = web.Server(
             proxy.handle,
             handler_cancellation=True,  # a client that hangs up cancels its upstream call
@@ -47,7 +49,9 @@ class TunnelGuard:
             auto_decompress=False,  # request bodies are forwarded as sent
             access_log=None,  # tunnelguard writes its own (SPEC section 9)
         )
-        self.proxy_address = await self._listen(web.ServerRunner(server), config.listen)
+        # shutdown_timeout bounds how long in-flight requests may take once draining
+        self._proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain.timeout)
+        self.proxy_address = await self._listen(self._proxy_runner, config.listen)
         admin = build_admin(self.metrics, lambda: self.config, self.ready)
         self.admin_address = await self._listen(
             web.AppRunner(admin, access_log=None), config.admin_listen
@@ -68,6 +72,25 @@ class TunnelGuard:
         await site.start()
         address = runner.addresses[-1]
         return str(address[0]), int(address[1])
+
+    async def drain(self) -> None:
+        """Graceful shutdown (SPEC 6.3): /readyz turns 503 at once; requests are still
+        served normally for `drain.delay` (so load balancers can stop sending); then
+        the listener closes and in-flight requests finish, answered with
+        `Connection: close`, for up to `drain.timeout`.  An accepted request is never
+        refused with a 503."""
+        drain = self.config.drain
+        self.draining = True
+        self.log.event("draining", delay=drain.delay, timeout=drain.timeout)
+        if drain.delay > 0:
+            await asyncio.sleep(drain.delay)
+        if self._proxy is not None:
+            self._proxy.closing = True
+        if self._proxy_runner is not None:
+            self._runners.remove(self._proxy_runner)
+            await self._proxy_runner.cleanup()  # stop listening, wait for in-flight
+            self._proxy_runner = None
+        await self.stop()
 
     async def stop(self) -> None:
         self.draining = True
@@ -101,5 +124,7 @@ async def serve(config: Config, log: Log) -> int:
         await app.stop()
         return 1
     await stop.wait()
-    await app.stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)  # a second signal stops at once
+    await app.drain()
     return 0
