@@ -83,7 +83,7 @@ async def start_upstream() -> AsyncIterator[UpstreamFactory]:
             return await handler(request)
 
         app.middlewares.append(record)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
