@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import ClientResponse, ClientSession, web
+from aiohttp import ClientResponse, ClientSession, HttpVersion11, hdrs, web
 
 from . import headers as h
 from . import inspect as ins
@@ -170,6 +170,7 @@ class Proxy:
         url = target_url(route.base_url, route.upstream_target(request.raw_path))
         body = RequestBody(None)
         if request.body_exists:
+            await _continue(request)
             body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
         guard.budget.record_request()
         while True:
@@ -404,6 +405,17 @@ class Proxy:
             attempts=outcome.attempts,
             traceId=trace_id,
         )
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (RFC 9110 10.1.1) before reading the body: the
+    client is waiting for it.  The expectation is met here, so it is not forwarded."""
+    if (
+        request.version >= HttpVersion11
+        and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 def _release(resp: ClientResponse) -> None:

@@ -70,6 +70,7 @@ def request_headers(
     drop = HOP_BY_HOP | _connection_tokens(headers)
     if new_trace:
         drop = drop | {"tracestate"}
+    drop = drop | {"expect"}  # answered by the proxy itself (100-continue)
     out: Headers = []
     host = ""
     xff: list[str] = []

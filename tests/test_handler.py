@@ -715,3 +715,32 @@ async def test_trace_context_is_forwarded_or_restarted(
     assert len(forwarded) == 1
     assert (forwarded[0] == traceparents[0]) is kept
     assert (("tracestate", "vendor=abc") in sent) is kept
+
+
+async def test_expect_100_continue(proxied: Proxied) -> None:
+    """curl sends `Expect: 100-continue` for large uploads and waits for the 100."""
+    _, tg = proxied
+    host, port = tg.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = b"x" * 1000
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
+    echoed = orjson.loads(await reader.readexactly(length))
+    writer.close()
+    assert echoed["length"] == 1000
+    assert "expect" not in {k.lower() for k, _ in echoed["headers"]}
