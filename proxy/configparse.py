@@ -419,10 +419,25 @@ def _breaker(w: _Walker, value: object, path: Path) -> BreakerPolicy:
     if m is None:
         return _BAD  # type: ignore[no-any-return]
     d = BreakerPolicy()
+
+    def failure_ratio(value: object, at: Path) -> float:
+        ratio = w.ratio(value, at)
+        if ratio is not _BAD and ratio <= 0:
+            w.error(at, "must be greater than 0 (a ratio of 0 would open on success)")
+            return _BAD  # type: ignore[no-any-return]
+        return ratio
+
+    def window(value: object, at: Path) -> float:
+        seconds = w.duration(value, at)
+        if seconds is not _BAD and seconds < 1:
+            w.error(at, "must be at least 1s (failures are counted per second)")
+            return _BAD  # type: ignore[no-any-return]
+        return seconds
+
     return BreakerPolicy(
-        failure_ratio=w.field(m, "failure_ratio", path, w.ratio, d.failure_ratio),
+        failure_ratio=w.field(m, "failure_ratio", path, failure_ratio, d.failure_ratio),
         min_requests=w.field(m, "min_requests", path, w.positive_int, d.min_requests),
-        window=w.field(m, "window", path, w.positive_duration, d.window),
+        window=w.field(m, "window", path, window, d.window),
         open_for=w.field(m, "open_for", path, w.positive_duration, d.open_for),
     )
 

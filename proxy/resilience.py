@@ -69,7 +69,10 @@ class RetryBudget:
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when it is spent."""
         requests, retries = self._events.totals()
-        if retries + 1 > self.ratio * requests + BUDGET_FLOOR:
+        # Compare a quotient, not `ratio * requests + 10`: 0.29 * 400 + 10 rounds to
+        # 125.99999999999999, which would refuse the 126th retry the contract allows.
+        beyond_floor = retries + 1 - BUDGET_FLOOR
+        if beyond_floor > 0 and (requests == 0 or beyond_floor / requests > self.ratio):
             return False
         self._events.add(b=1)
         return True
@@ -88,7 +91,9 @@ def backoff_delay(
     that clients which failed together do not come back together."""
     if retry_after is not None:
         return retry_after if retry_after <= policy.max_backoff else None
-    cap = min(policy.max_backoff, policy.backoff * (2 ** (retry_number - 1)))
+    # The exponent is bounded: 2 ** 1024 no longer converts to a float (OverflowError),
+    # and a config may allow that many attempts; the cap is reached long before anyway.
+    cap = min(policy.max_backoff, policy.backoff * 2.0 ** min(retry_number - 1, 1000))
     return rng(0.0, cap)
 
 
@@ -139,8 +144,11 @@ class CircuitBreaker:
             return  # a late answer from before the circuit opened
         self._events.add(a=1, b=1 if failure else 0)
         requests, failures = self._events.totals()
-        if requests >= self.policy.min_requests and failures >= self.policy.failure_ratio * (
-            requests
+        # A quotient, as the contract says: `ratio * requests` rounds (0.07 * 100 is 7.000...1,
+        # so 7 failures in 100 would not trip a 0.07 breaker).
+        if (
+            requests >= self.policy.min_requests
+            and failures / requests >= self.policy.failure_ratio
         ):
             self._open()
 

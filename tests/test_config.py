@@ -978,3 +978,20 @@ def test_random_text_raises_only_config_error(text: str) -> None:
         parse_text(text, FILE)
     except ConfigError as exc:
         assert exc.problems
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        ("{failure_ratio: 0}", "circuit_breaker.failure_ratio: must be greater than 0"),
+        ("{window: 500ms}", "circuit_breaker.window: must be at least 1s"),
+    ],
+)
+def test_breaker_settings_that_cannot_work_are_rejected(breaker: str, message: str) -> None:
+    text = (
+        "version: 1\nupstreams:\n  u:\n    url: http://127.0.0.1:1\n"
+        f"    circuit_breaker: {breaker}\nroutes:\n  - {{name: r, upstream: u}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text, "b.yaml")
+    assert message in str(caught.value)
