@@ -24,6 +24,12 @@ def _listen(text: str) -> Listen:
     return Listen(host, int(port))
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelguard",
@@ -40,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-listen", type=_listen, help="admin HOST:PORT (env TUNNELGUARD_ADMIN_LISTEN)"
     )
     run.add_argument("--log-format", choices=("json", "text"), default="json")
+    run.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
+    run.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # set by the master
 
     demo = sub.add_parser("demo", help="run a lying demo upstream behind the proxy")
     demo.add_argument("--listen", type=_listen, default=Listen("127.0.0.1", 8080))
@@ -97,7 +105,7 @@ def _failing_tests(config: Config) -> list[str]:
     return lines
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         config = load_run_config(args)
     except ConfigError as errors:
@@ -113,9 +121,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failing:
         print("\n".join(failing), file=sys.stderr)
         return EXIT_USAGE
+    log = Log(args.log_format)
+    if args.worker_fd is not None:  # a worker of a --workers N master
+        import socket
+
+        from .app import serve
+
+        return _run_async(serve(config, log, socket.socket(fileno=args.worker_fd)))
+    if args.workers > 1:
+        from .workers import run_master
+
+        return run_master(config, log, [*argv, "--workers", "1"], args.workers)
     from .app import serve
 
-    return _run_async(serve(config, Log(args.log_format)))
+    return _run_async(serve(config, log))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -152,8 +171,11 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    commands = {"run": cmd_run, "check": cmd_check, "demo": cmd_demo}
+    if args.command == "run":
+        return cmd_run(args, argv)
+    commands = {"check": cmd_check, "demo": cmd_demo}
     return commands[args.command](args)
 
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
 from .config import Config
-from .metrics import Metrics
 
 
 def redact_url(url: str) -> str:
@@ -35,11 +35,14 @@ def config_json(config: Config) -> bytes:
 
 
 def build_admin(
-    metrics: Metrics, config: Callable[[], Config], ready: Callable[[], bool]
+    registry: CollectorRegistry, config: Callable[[], Config], ready: Callable[[], bool]
 ) -> web.Application:
+    """`registry` is one process's metrics, or a multiprocess collector's view of all
+    workers (`--workers N`)."""
+
     async def get_metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(metrics.registry)
+        body = encoder(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 
 from aiohttp import ClientSession, web
 
@@ -19,8 +21,20 @@ from .upstream import new_session
 class TunnelGuard:
     """One serving process: build it from a config, `start()`, then `stop()`."""
 
-    def __init__(self, config: Config, log: Log | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        config: Config,
+        log: Log | None = None,
+        metrics: Metrics | None = None,
+        *,
+        listen_socket: socket.socket | None = None,
+        admin: bool = True,
+    ):
+        """`listen_socket` and `admin=False` make a worker of a `--workers N` master:
+        it serves an inherited listening socket and the master answers /metrics."""
         self.runtime: Runtime = build(config)
+        self._listen_socket = listen_socket
+        self._admin = admin
         self.log = log or Log()
         self.metrics = metrics or Metrics()
         self.draining = False
@@ -51,24 +65,35 @@ class TunnelGuard:
         )
         # shutdown_timeout bounds how long in-flight requests may take once draining
         self._proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain.timeout)
-        self.proxy_address = await self._listen(self._proxy_runner, config.listen)
-        admin = build_admin(self.metrics, lambda: self.config, self.ready)
+        self.proxy_address = await self._listen(
+            self._proxy_runner, config.listen, self._listen_socket
+        )
+        if not self._admin:
+            self.log.event("worker_startup", pid=os.getpid(), listen=url_of(self.proxy_address))
+            return
+        admin = build_admin(self.metrics.registry, lambda: self.config, self.ready)
         self.admin_address = await self._listen(
             web.AppRunner(admin, access_log=None), config.admin_listen
         )
         self.log.event(
             "startup",
-            listen=_url(self.proxy_address),
-            admin=_url(self.admin_address),
+            listen=url_of(self.proxy_address),
+            admin=url_of(self.admin_address),
             routes=[r.name for r in self.runtime.routes],
             upstreams=[u.name for u in config.upstreams],
             config=config.source,
         )
 
-    async def _listen(self, runner: web.BaseRunner, listen: Listen) -> tuple[str, int]:
+    async def _listen(
+        self, runner: web.BaseRunner, listen: Listen, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
         await site.start()
         address = runner.addresses[-1]
         return str(address[0]), int(address[1])
@@ -103,16 +128,17 @@ class TunnelGuard:
         self.log.event("shutdown")
 
 
-def _url(address: tuple[str, int] | None) -> str:
+def url_of(address: tuple[str, int] | None) -> str:
     if address is None:
         return ""
     host, port = address
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(config: Config, log: Log) -> int:
-    """Serve until SIGINT or SIGTERM; return the process exit code."""
-    app = TunnelGuard(config, log)
+async def serve(config: Config, log: Log, listen_socket: socket.socket | None = None) -> int:
+    """Serve until SIGINT or SIGTERM, then drain; return the process exit code.
+    With `listen_socket` this process is a worker of a `--workers N` master."""
+    app = TunnelGuard(config, log, listen_socket=listen_socket, admin=listen_socket is None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

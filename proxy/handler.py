@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .upstream import (
     target_url,
 )
 
+_PID = os.getpid()  # which worker served it (with --workers N)
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -404,6 +406,7 @@ class Proxy:
             failure=outcome.failure.kind if outcome.failure else None,
             attempts=outcome.attempts,
             traceId=trace_id,
+            pid=_PID,
         )
 
 

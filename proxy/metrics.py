@@ -86,12 +86,14 @@ class Metrics:
             "Requests being served now.",
             ("route",),
             registry=r,
+            multiprocess_mode="livesum",  # with --workers: the sum over live workers
         )
         self.circuit_state = Gauge(
             PREFIX + "circuit_state",
             "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
             ("upstream",),
             registry=r,
+            multiprocess_mode="livemax",  # with --workers: the worst worker's breaker
         )
         self.config_reloads = Counter(
             PREFIX + "config_reloads_total",
@@ -100,7 +102,11 @@ class Metrics:
             registry=r,
         )
         self.build_info = Gauge(
-            PREFIX + "build_info", "Build information.", ("version",), registry=r
+            PREFIX + "build_info",
+            "Build information.",
+            ("version",),
+            registry=r,
+            multiprocess_mode="max",
         )
         self.build_info.labels(__version__).set(1)
         self._requests: dict[tuple[str, str, int, str, str], Counter] = {}
