@@ -1,0 +1,35 @@
+"""Structured logs: one JSON object per line, or text for humans (SPEC section 9)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from proxy.logs import Log
+
+
+def test_json_lines() -> None:
+    out = io.StringIO()
+    log = Log("json", stream=out)
+    log.event("request", route="r", code=401, rule=None, traceId="ab" * 16)
+    log.event("shutdown")
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["event"] == "request" and first["route"] == "r" and first["code"] == 401
+    assert first["rule"] is None
+    assert first["time"].endswith("Z") and "T" in first["time"]
+    assert second["event"] == "shutdown"
+
+
+def test_text_lines_for_humans() -> None:
+    out = io.StringIO()
+    Log("text", stream=out).event("request", route="r", code=504, rule=None, path="/a b")
+    line = out.getvalue()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert " request route=r code=504 path=/a b" in line
+    assert "rule=" not in line  # empty fields are left out
+
+
+def test_a_closed_stream_never_raises() -> None:
+    out = io.StringIO()
+    out.close()
+    Log("json", stream=out).event("request", route="r")  # must not raise
