@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 
 from aiohttp import ClientSession, web
 
@@ -16,6 +17,8 @@ from .logs import Log
 from .metrics import Metrics
 from .runtime import Runtime, build
 from .upstream import new_session
+
+_CANCEL_GRACE = 1.0  # seconds a request cancelled at the end of a drain gets to unwind
 
 
 class TunnelGuard:
@@ -63,8 +66,9 @@ class TunnelGuard:
             auto_decompress=False,  # request bodies are forwarded as sent
             access_log=None,  # tunnelguard writes its own (SPEC section 9)
         )
-        # shutdown_timeout bounds how long in-flight requests may take once draining
-        self._proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain.timeout)
+        # drain() waits for in-flight requests itself (up to drain.timeout); the runner's
+        # own wait only cancels what is left after that
+        self._proxy_runner = web.ServerRunner(server, shutdown_timeout=_CANCEL_GRACE)
         self.proxy_address = await self._listen(
             self._proxy_runner, config.listen, self._listen_socket
         )
@@ -109,11 +113,17 @@ class TunnelGuard:
         self.log.event("draining", delay=drain.delay, timeout=drain.timeout)
         if drain.delay > 0:
             await asyncio.sleep(drain.delay)
-        if self._proxy is not None:
-            self._proxy.closing = True
-        if self._proxy_runner is not None:
-            self._runners.remove(self._proxy_runner)
-            await self._proxy_runner.cleanup()  # stop listening, wait for in-flight
+        runner, proxy = self._proxy_runner, self._proxy
+        if proxy is not None:
+            proxy.closing = True
+        if runner is not None and proxy is not None:
+            for site in list(runner.sites):
+                await site.stop()  # new connections are refused from here on
+            deadline = time.monotonic() + drain.timeout
+            while proxy.active and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            self._runners.remove(runner)
+            await runner.cleanup()  # closes idle connections, cancels what is left
             self._proxy_runner = None
         await self.stop()
 

@@ -109,18 +109,28 @@ class Proxy:
         self._log = log
         self._guards: dict[str, UpstreamGuard] = {}
         self.closing = False  # draining: answer with Connection: close
+        self.active = 0  # requests being handled now (drain waits for them)
 
     def guard(self, route: Route) -> UpstreamGuard:
         """The upstream's live state; rebuilt only when its settings change."""
         upstream = route.upstream
         guard = self._guards.get(upstream.name)
         if guard is None or guard.config != upstream:
-            gauge = self._metrics.circuit_state.labels(upstream.name)
-            guard = UpstreamGuard.build(upstream, on_state=gauge.set)
+            on_state = None
+            if upstream.circuit_breaker is not None:  # no series for upstreams without one
+                on_state = self._metrics.circuit_state.labels(upstream.name).set
+            guard = UpstreamGuard.build(upstream, on_state=on_state)
             self._guards[upstream.name] = guard
         return guard
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.active += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.active -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         runtime = self._runtime()  # this request keeps this snapshot, even across a reload
         incoming = request.headers.getall("traceparent", ())
@@ -175,12 +185,24 @@ class Proxy:
             await _continue(request)
             body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
         guard.budget.record_request()
+        held: Plan | None = None  # a failed attempt kept until its retry is admitted
+        retry_reason = ""
         while True:
+            refusal, wait, probe = self._admit(guard)
+            if refusal is not None:
+                if held is not None:  # the retry was refused: the last real outcome stands
+                    try:
+                        return await self._deliver(
+                            request, route, held, retry_safe, trace_id, outcome
+                        )
+                    finally:
+                        held.discard()
+                return self._refuse(refusal, route, trace_id, outcome, wait)
+            if held is not None:
+                self._metrics.retries.labels(upstream.name, retry_reason).inc()
+                held.discard()
+                held = None
             outcome.attempts += 1
-            refused = self._admit(guard, route, retry_safe, trace_id, outcome)
-            if isinstance(refused, web.StreamResponse):
-                return refused
-            probe = refused
             guard.in_flight += 1
             plan: Plan | None = None
             try:
@@ -205,38 +227,41 @@ class Proxy:
                     delay = backoff_delay(upstream.retry, outcome.attempts, plan.retry_after())
                 if delay is None or not guard.budget.try_spend():
                     return await self._deliver(request, route, plan, retry_safe, trace_id, outcome)
-                self._metrics.retries.labels(upstream.name, str(reason)).inc()
-                plan.discard()
-                plan = None
+                held, plan, retry_reason = plan, None, str(reason)
             finally:
                 guard.in_flight -= 1
                 if probe and guard.breaker is not None:
                     guard.breaker.release_probe()
                 if plan is not None:
                     plan.discard()
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                held.discard()
+                raise
 
     # -- admission and retries -------------------------------------------------------------
 
-    def _admit(
-        self,
-        guard: UpstreamGuard,
-        route: Route,
-        retry_safe: bool,
-        trace_id: str,
-        outcome: Outcome,
-    ) -> web.StreamResponse | bool:
-        """A refusal (breaker open, too many in flight), or whether this is a probe."""
+    def _admit(self, guard: UpstreamGuard) -> tuple[Failure | None, int, bool]:
+        """(refusal or None, Retry-After for it, whether the admitted request is the
+        breaker's half-open probe)."""
         probe = False
         if guard.breaker is not None:
             admitted, probe, wait = guard.breaker.admit()
             if not admitted:
-                return self._failure(REFUSED_BY_BREAKER, route, True, trace_id, outcome, wait)
+                return REFUSED_BY_BREAKER, wait, False
         if guard.full():
             if probe and guard.breaker is not None:
                 guard.breaker.release_probe()
-            return self._failure(OVERLOADED, route, True, trace_id, outcome, 1)
-        return probe
+            return OVERLOADED, 1, False
+        return None, 0, probe
+
+    def _refuse(
+        self, refusal: Failure, route: Route, trace_id: str, outcome: Outcome, wait: int
+    ) -> web.StreamResponse:
+        """503 before anything was sent: always retryable, always with Retry-After."""
+        self._metrics.upstream_failures.labels(route.upstream.name, refusal.kind).inc()
+        return self._failure(refusal, route, True, trace_id, outcome, wait)
 
     def _retry_reason(
         self,
@@ -355,8 +380,6 @@ class Proxy:
         retry_after: int | None,
     ) -> web.StreamResponse:
         """Answer from the failure table (SPEC 6.1) with a problem body (6.2)."""
-        if failure in (OVERLOADED, REFUSED_BY_BREAKER):
-            self._metrics.upstream_failures.labels(route.upstream.name, failure.kind).inc()
         outcome.code = outcome.true_status = failure.status
         outcome.source = "proxy"
         outcome.failure = failure

@@ -142,13 +142,19 @@ def new_session() -> ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, ttl_dns_cache=10, keepalive_timeout=4.0
     )
-    return ClientSession(
+    session = ClientSession(
         connector=connector,
         auto_decompress=False,  # clients get the upstream's bytes, compressed or not
         trace_configs=[trace],
         cookie_jar=aiohttp.DummyCookieJar(),  # never store or add cookies
         timeout=aiohttp.ClientTimeout(total=None),
     )
+    # aiohttp silently re-sends an idempotent request once when a pooled connection
+    # drops before the response head.  Every attempt must be ours: counted, budgeted
+    # and bounded by retry.attempts (SPEC 6.3).  No public switch exists (aiohttp
+    # issue 10790); aiohttp's own TestClient sets the same attribute.
+    session._retry_connection = False
+    return session
 
 
 @dataclass(slots=True)

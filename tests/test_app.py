@@ -140,7 +140,7 @@ async def test_drain_timeout_bounds_the_wait(
             sent_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 10) == 0
-            assert time.monotonic() - sent_at < 4  # drain.timeout (1 s) plus shutdown work
+            assert time.monotonic() - sent_at < 3.5  # drain.timeout (1 s) + cancel grace (1 s)
             with pytest.raises(aiohttp.ClientError):
                 resp = await stuck
                 await resp.read()

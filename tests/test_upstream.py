@@ -500,3 +500,52 @@ async def test_config_yaml_helper_is_valid() -> None:
 
     parse_text(upstream_yaml("http://127.0.0.1:1", RETRY_ALL), "t.yaml")
     parse_text(config_yaml("http://127.0.0.1:1"), "t.yaml")
+
+
+async def test_a_retry_refused_by_the_breaker_leaves_the_real_outcome(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    script = Script((502, b'{"upstream": "broken"}', {}))
+    settings = (
+        "    retry: {attempts: 2, on: [502], backoff: 10ms}\n"
+        "    circuit_breaker: {failure_ratio: 0.5, min_requests: 1, window: 10s, open_for: 30s}\n"
+    )
+    tg = await _proxy_for(script, start_upstream, start_proxy, settings)
+    async with client.get(tg.url + "/x") as r:
+        assert r.status == 502
+        assert await r.read() == b'{"upstream": "broken"}'  # the upstream's, not a 503
+    assert len(script.calls) == 1
+    assert tg.sample("tunnelguard_retries_total", upstream="u", reason="502") == 0
+    assert tg.sample("tunnelguard_circuit_state", upstream="u") == 2
+
+
+async def test_no_circuit_state_series_without_a_breaker(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    tg = await _proxy_for(Script(), start_upstream, start_proxy, "")
+    async with client.get(tg.url + "/x") as r:
+        assert r.status == 200
+    assert (
+        tg.metrics.registry.get_sample_value("tunnelguard_circuit_state", {"upstream": "u"}) is None
+    )
+
+
+async def test_every_attempt_is_ours(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    """aiohttp would silently re-send a GET whose connection dropped before the head;
+    with retries off, the upstream must see it exactly once."""
+    seen = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        await _read_head(reader)
+        seen += 1
+
+    tg = await start_proxy(upstream_yaml(await raw_server(hang_up), "    retry: {attempts: 1}\n"))
+    async with client.get(tg.url + "/x") as r:
+        assert r.status == 502
+    assert seen == 1
+    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="reset") == 1
