@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-listen", type=_listen, help="admin HOST:PORT (env TUNNELGUARD_ADMIN_LISTEN)"
     )
     run.add_argument("--log-format", choices=("json", "text"), default="json")
+    run.add_argument("--watch", action="store_true", help="reload the config file when it changes")
     run.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
     run.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # set by the master
 
@@ -94,15 +95,9 @@ def _report(errors: ConfigError) -> None:
 
 
 def _failing_tests(config: Config) -> list[str]:
-    from .ruletests import run_tests
+    from .ruletests import failure_report
 
-    lines = []
-    for outcome in run_tests(config):
-        if not outcome.passed:
-            where = f"{config.source}:{outcome.test.line}" if outcome.test.line else config.source
-            lines.append(f"{where}: test {outcome.test.name!r} failed")
-            lines.extend(f"    {m}" for m in outcome.mismatches)
-    return lines
+    return failure_report(config)
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -122,19 +117,27 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print("\n".join(failing), file=sys.stderr)
         return EXIT_USAGE
     log = Log(args.log_format)
-    if args.worker_fd is not None:  # a worker of a --workers N master
+
+    def loader() -> Config:
+        return load_run_config(args)
+
+    path = args.config or os.environ.get("TUNNELGUARD_CONFIG") or None
+    watch_path = path if args.watch else None
+    if args.worker_fd is not None:  # a worker of a --workers N master: it watches nothing
         import socket
 
         from .app import serve
 
-        return _run_async(serve(config, log, socket.socket(fileno=args.worker_fd)))
+        sock = socket.socket(fileno=args.worker_fd)
+        return _run_async(serve(config, log, sock, loader=loader))
     if args.workers > 1:
         from .workers import run_master
 
-        return run_master(config, log, [*argv, "--workers", "1"], args.workers)
+        worker_argv = [a for a in argv if a != "--watch"] + ["--workers", "1"]
+        return run_master(config, log, worker_argv, args.workers, loader, watch_path)
     from .app import serve
 
-    return _run_async(serve(config, log))
+    return _run_async(serve(config, log, loader=loader, watch_path=watch_path))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 
 from aiohttp import ClientSession, web
 
@@ -15,6 +16,7 @@ from .config import Config, Listen
 from .handler import Proxy
 from .logs import Log
 from .metrics import Metrics
+from .reload import Loader, carry_over, try_load, watch
 from .runtime import Runtime, build
 from .upstream import new_session
 
@@ -38,6 +40,9 @@ class TunnelGuard:
         self.runtime: Runtime = build(config)
         self._listen_socket = listen_socket
         self._admin = admin
+        self.count_reloads = admin  # a master counts reloads for its workers
+        self._reload_event = "reload" if admin else "worker_reload"
+        self._reload_lock = asyncio.Lock()
         self.log = log or Log()
         self.metrics = metrics or Metrics()
         self.draining = False
@@ -102,6 +107,32 @@ class TunnelGuard:
         address = runner.addresses[-1]
         return str(address[0]), int(address[1])
 
+    async def reload(self, loader: Loader, trigger: str) -> bool:
+        """Swap in a new config if it parses and its tests pass (SPEC 4.6).  Requests in
+        flight finish on the config they started with."""
+        async with self._reload_lock:
+            attempt = try_load(loader)
+            if attempt.config is None:
+                if self.count_reloads:
+                    self.metrics.config_reloads.labels("failure").inc()
+                self.log.event(
+                    self._reload_event, result="failure", trigger=trigger,
+                    errors=list(attempt.errors),
+                )  # fmt: skip
+                return False
+            config, notes = carry_over(self.config, attempt.config)
+            self.runtime = build(config)
+            if self.count_reloads:
+                self.metrics.config_reloads.labels("success").inc()
+            self.log.event(
+                self._reload_event,
+                result="success",
+                trigger=trigger,
+                routes=[r.name for r in self.runtime.routes],
+                notes=notes,
+            )
+            return True
+
     async def drain(self) -> None:
         """Graceful shutdown (SPEC 6.3): /readyz turns 503 at once; requests are still
         served normally for `drain.delay` (so load balancers can stop sending); then
@@ -145,14 +176,38 @@ def url_of(address: tuple[str, int] | None) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(config: Config, log: Log, listen_socket: socket.socket | None = None) -> int:
+async def serve(
+    config: Config,
+    log: Log,
+    listen_socket: socket.socket | None = None,
+    loader: Loader | None = None,
+    watch_path: str | None = None,
+) -> int:
     """Serve until SIGINT or SIGTERM, then drain; return the process exit code.
-    With `listen_socket` this process is a worker of a `--workers N` master."""
+
+    SIGHUP (or a change to `watch_path`) reloads through `loader`.  With
+    `listen_socket` this process is a worker of a `--workers N` master."""
     app = TunnelGuard(config, log, listen_socket=listen_socket, admin=listen_socket is None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    background: set[asyncio.Task[object]] = set()
+
+    def start(coro: Coroutine[object, object, object]) -> None:
+        task = asyncio.ensure_future(coro)
+        background.add(task)  # a strong reference until it is done
+        task.add_done_callback(background.discard)
+
+    if loader is not None:
+        reload_with = loader
+        loop.add_signal_handler(signal.SIGHUP, lambda: start(app.reload(reload_with, "SIGHUP")))
+        if watch_path is not None:
+
+            async def changed() -> None:
+                await app.reload(reload_with, "watch")
+
+            start(watch(watch_path, changed))
     try:
         await app.start()
     except OSError as exc:
@@ -162,5 +217,7 @@ async def serve(config: Config, log: Log, listen_socket: socket.socket | None = 
     await stop.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)  # a second signal stops at once
+    for task in list(background):
+        task.cancel()
     await app.drain()
     return 0

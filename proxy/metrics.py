@@ -109,6 +109,8 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__).set(1)
+        for result in ("success", "failure"):  # present from the start, so increase() works
+            self.config_reloads.labels(result)
         self._requests: dict[tuple[str, str, int, str, str], Counter] = {}
         self._durations: dict[tuple[str, str], Histogram] = {}
         self._upstream_durations: dict[tuple[str, str], Histogram] = {}

@@ -115,3 +115,14 @@ def run_test(test: RuleTest, config: Config, runtime: Runtime) -> TestOutcome:
 def run_tests(config: Config) -> list[TestOutcome]:
     runtime = build(config)
     return [run_test(t, config, runtime) for t in config.tests]
+
+
+def failure_report(config: Config) -> list[str]:
+    """Lines describing every failing embedded test (empty when all pass)."""
+    lines = []
+    for outcome in run_tests(config):
+        if not outcome.passed:
+            where = f"{config.source}:{outcome.test.line}" if outcome.test.line else config.source
+            lines.append(f"{where}: test {outcome.test.name!r} failed")
+            lines.extend(f"    {m}" for m in outcome.mismatches)
+    return lines

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 from .config import Config
 from .logs import Log
+from .reload import Loader, carry_over, try_load, watch
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_FD_FLAG = "--worker-fd"
@@ -52,8 +53,18 @@ def bind(config: Config) -> socket.socket:
 class Master:
     """Starts, watches and stops the workers; serves the admin listener."""
 
-    def __init__(self, config: Config, log: Log, worker_argv: Sequence[str], count: int):
+    def __init__(
+        self,
+        config: Config,
+        log: Log,
+        worker_argv: Sequence[str],
+        count: int,
+        loader: Loader | None = None,
+        watch_path: str | None = None,
+    ):
         self.config = config
+        self.loader = loader
+        self.watch_path = watch_path
         self.log = log
         self.worker_argv = list(worker_argv)
         self.count = count
@@ -79,10 +90,12 @@ class Master:
 
         from .admin import build_admin
         from .app import url_of
+        from .metrics import Metrics
 
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         self._mark_dead = mp.mark_process_dead
+        self._reloads = Metrics().config_reloads  # written to the shared directory
         admin = web.AppRunner(
             build_admin(registry, lambda: self.config, self.ready), access_log=None
         )
@@ -102,15 +115,46 @@ class Master:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        pending = asyncio.Event()  # a reload was asked for (SIGHUP or a file change)
+        loop.add_signal_handler(signal.SIGHUP, pending.set)
+        watcher = None
+        if self.watch_path is not None:
+
+            async def changed() -> None:
+                pending.set()
+
+            watcher = asyncio.ensure_future(watch(self.watch_path, changed))
         while not stop.is_set():
+            if pending.is_set():
+                pending.clear()
+                self._reload()
             self._replace_dead()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
+        if watcher is not None:
+            watcher.cancel()
         await self._drain()
         await admin.cleanup()
         self.sock.close()
         self.log.event("shutdown", restarts=self.restarts)
         return 0
+
+    def _reload(self) -> None:
+        """Check the candidate here, once; only a good one is passed to the workers
+        (SIGHUP), so a bad file never reaches them and the count is not multiplied."""
+        if self.loader is None:
+            return
+        attempt = try_load(self.loader)
+        if attempt.config is None:
+            self._reloads.labels("failure").inc()
+            self.log.event("reload", result="failure", errors=list(attempt.errors))
+            return
+        self.config, notes = carry_over(self.config, attempt.config)
+        self._reloads.labels("success").inc()
+        self.log.event("reload", result="success", notes=notes)
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGHUP)
 
     def _replace_dead(self) -> None:
         for i, worker in enumerate(self.workers):
@@ -143,13 +187,20 @@ class Master:
                 worker.wait()
 
 
-def run_master(config: Config, log: Log, worker_argv: Sequence[str], count: int) -> int:
+def run_master(
+    config: Config,
+    log: Log,
+    worker_argv: Sequence[str],
+    count: int,
+    loader: Loader | None = None,
+    watch_path: str | None = None,
+) -> int:
     """Run `count` workers (each `tunnelguard <worker_argv>`); return the exit code."""
     directory = prepare_multiprocess_metrics()
     try:
         import uvloop
 
-        master = Master(config, log, worker_argv, count)
+        master = Master(config, log, worker_argv, count, loader, watch_path)
         return uvloop.run(master.run())
     finally:
         shutil.rmtree(directory, ignore_errors=True)
