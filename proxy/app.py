@@ -64,6 +64,7 @@ class TunnelGuard:
         config = self.config
         self._session = new_session()
         proxy = self._proxy = Proxy(lambda: self.runtime, self._session, self.metrics, self.log)
+        proxy.prepare(self.runtime)
         server = web.Server(
             proxy.handle,
             handler_cancellation=True,  # a client that hangs up cancels its upstream call
@@ -122,6 +123,8 @@ class TunnelGuard:
                 return False
             config, notes = carry_over(self.config, attempt.config)
             self.runtime = build(config)
+            if self._proxy is not None:
+                self._proxy.prepare(self.runtime)
             if self.count_reloads:
                 self.metrics.config_reloads.labels("success").inc()
             self.log.event(

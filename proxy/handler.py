@@ -27,6 +27,7 @@ from .rewrite import Delivery, apply_verdict
 from .rules import Verdict
 from .runtime import Route, Runtime
 from .upstream import (
+    FAILURE_KINDS,
     OVERLOADED,
     PROTOCOL_ERROR,
     REFUSED_BY_BREAKER,
@@ -110,6 +111,13 @@ class Proxy:
         self._guards: dict[str, UpstreamGuard] = {}
         self.closing = False  # draining: answer with Connection: close
         self.active = 0  # requests being handled now (drain waits for them)
+
+    def prepare(self, runtime: Runtime) -> None:
+        """Create every upstream's state and metric series before the first request."""
+        for route in runtime.routes:
+            upstream = route.upstream
+            self._metrics.declare_upstream(upstream.name, FAILURE_KINDS, upstream.retry.on)
+            self.guard(route)
 
     def guard(self, route: Route) -> UpstreamGuard:
         """The upstream's live state; rebuilt only when its settings change."""

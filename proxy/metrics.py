@@ -118,6 +118,16 @@ class Metrics:
         self._in_flight: dict[str, Gauge] = {}
         self._tunnelled: dict[tuple[str, str, str, int], Counter] = {}
 
+    def declare_upstream(
+        self, upstream: str, kinds: tuple[str, ...], reasons: tuple[str, ...]
+    ) -> None:
+        """Create an upstream's failure and retry series at 0, so that PromQL ratios and
+        `increase()` see the first failure instead of a series appearing at 1."""
+        for kind in kinds:
+            self.upstream_failures.labels(upstream, kind)
+        for reason in reasons:
+            self.retries.labels(upstream, reason)
+
     # Children are cached per label tuple; every label value is bounded (see module doc).
 
     def count_request(

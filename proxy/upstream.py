@@ -72,6 +72,13 @@ REFUSED_BY_BREAKER = Failure(
 )  # fmt: skip
 
 
+# every upstream_failures_total{kind} the table can produce
+FAILURE_KINDS = (
+    "connect_error", "connect_timeout", "response_timeout", "reset", "protocol_error",
+    "overloaded", "circuit_open",
+)  # fmt: skip
+
+
 class UpstreamFailure(Exception):
     def __init__(self, failure: Failure, cause: BaseException | None = None) -> None:
         super().__init__(failure.title)

@@ -89,3 +89,31 @@ async def test_health_ready_and_config(
         assert r.status == 503
     async with client.get(tg.admin + "/healthz") as r:
         assert r.status == 200
+
+
+async def test_upstream_series_exist_before_the_first_request(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory
+) -> None:
+    """PromQL ratios and increase() need the series at 0 before the first failure."""
+    tg = await start_proxy(config_yaml(await _app(start_upstream)))
+    for kind in ("connect_error", "connect_timeout", "response_timeout", "reset",
+                 "protocol_error", "overloaded", "circuit_open"):  # fmt: skip
+        assert (
+            tg.metrics.registry.get_sample_value(
+                "tunnelguard_upstream_failures_total", {"upstream": "u", "kind": kind}
+            )
+            == 0
+        )
+    assert (
+        tg.metrics.registry.get_sample_value(
+            "tunnelguard_retries_total", {"upstream": "u", "reason": "connect_error"}
+        )
+        == 0
+    )
+    for result in ("success", "failure"):
+        assert (
+            tg.metrics.registry.get_sample_value(
+                "tunnelguard_config_reloads_total", {"result": result}
+            )
+            == 0
+        )
