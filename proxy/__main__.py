@@ -1,4 +1,4 @@
-"""Command line: `tunnelguard run | demo | check` (SPEC section 1)."""
+"""Command line: `tunnelguard run | demo | check | explain` (SPEC section 1)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 def _listen(text: str) -> Listen:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return Listen(host, int(port))
 
@@ -59,7 +59,51 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate config files and run their tests")
     check.add_argument("files", nargs="+", metavar="FILE")
+
+    explain = sub.add_parser(
+        "explain",
+        help="dry-run one upstream response through a route's rules",
+        description="Dry-run one upstream response through a route's rules and say why.",
+    )
+    explain.add_argument("--config", "-c", required=True, metavar="FILE", help="config file")
+    explain.add_argument("--route", metavar="NAME", help="route to use (default: the first)")
+    explain.add_argument(
+        "--status", type=_status, default=200, help="the upstream's status (default 200)"
+    )
+    explain.add_argument(
+        "--content-type",
+        metavar="T",
+        help="the upstream's Content-Type (default application/json; '' for none)",
+    )
+    explain.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an upstream response header (repeatable)",
+    )
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.add_argument(
+        "body", nargs="?", metavar="BODY_FILE|-", help="the body as sent (- = stdin; none = empty)"
+    )
     return parser
+
+
+def _status(text: str) -> int:
+    if not text.isdigit() or not 100 <= int(text) <= 599:
+        raise argparse.ArgumentTypeError(f"expected an HTTP status 100-599, got {text!r}")
+    return int(text)
+
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name or not set(name) <= _TOKEN:
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name, value.strip()
 
 
 def _env_listen(name: str) -> Listen | None:
@@ -158,6 +202,58 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Exit 0 when explained (match or not); 2 for bad usage, config or body file."""
+    from .explain import explain, render, to_json
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as errors:
+        _report(errors)
+        return EXIT_USAGE
+    names = [r.name for r in config.routes]
+    if args.route is not None and args.route not in names:
+        print(
+            f"tunnelguard explain: unknown route {args.route!r}; routes: {', '.join(names)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    given = [name.lower() for name, _ in args.header]
+    if args.content_type is not None and "content-type" in given:
+        print(
+            "tunnelguard explain: give the content type once (--content-type or --header)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    headers = list(args.header)
+    if "content-type" not in given:
+        content_type = "application/json" if args.content_type is None else args.content_type
+        if content_type:
+            headers.insert(0, ("Content-Type", content_type))
+    try:
+        if args.body == "-":
+            body = sys.stdin.buffer.read()
+        elif args.body is not None:
+            with open(args.body, "rb") as file:
+                body = file.read()
+        else:
+            body = b""
+    except OSError as exc:
+        print(
+            f"tunnelguard explain: cannot read body file {args.body}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    result = explain(config, args.route, args.status, headers, body)
+    if args.json:
+        import json
+
+        print(json.dumps(to_json(result), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(render(result))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -178,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args, argv)
-    commands = {"check": cmd_check, "demo": cmd_demo}
+    commands = {"check": cmd_check, "demo": cmd_demo, "explain": cmd_explain}
     return commands[args.command](args)
 
 

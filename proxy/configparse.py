@@ -206,7 +206,7 @@ class _Walker:
         host, sep, port = text.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
             self.error(path, f"expected HOST:PORT such as 127.0.0.1:8080, got {_describe(value)}")
             return _BAD  # type: ignore[no-any-return]
         return Listen(host, int(port))
@@ -331,8 +331,11 @@ _UPSTREAM_KEYS = (
 
 def _upstreams(w: _Walker, value: object, upstream_url: str | None) -> tuple[UpstreamConfig, ...]:
     path: Path = ("upstreams",)
-    if not isinstance(value, dict) or not value:
+    if not isinstance(value, dict):
         w.error(path, f"expected a mapping of upstream names to settings, got {_describe(value)}")
+        return ()
+    if not value:
+        w.error(path, "at least one upstream is needed")
         return ()
     if upstream_url is not None and len(value) != 1:
         w.error(path, f"--upstream needs exactly one upstream in the file; it has {len(value)}")

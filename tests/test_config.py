@@ -788,7 +788,7 @@ ERRORS = [
     ("routes-empty", MINIMAL.split("routes:")[0] + "routes: []\n", 5, "[]", "routes",
      "at least one route is needed"),
     ("upstreams-empty", "version: 1\nupstreams: {}\nroutes: [{name: m, upstream: a}]\n", 2,
-     "{}", "upstreams", "expected a mapping of upstream names to settings, got a mapping"),
+     "{}", "upstreams", "at least one upstream is needed"),
     ("route-missing-upstream", MINIMAL.replace("    upstream: app\n", ""), 6, "name",
      "routes[0]", "missing required key `upstream`"),
     # embedded tests
@@ -994,4 +994,21 @@ def test_breaker_settings_that_cannot_work_are_rejected(breaker: str, message: s
     )
     with pytest.raises(ConfigError) as caught:
         parse_text(text, "b.yaml")
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fragment", "message"),
+    [
+        ("listen: 'a:\u00b2'", "listen: expected HOST:PORT"),
+        ("upstreams: {}", "upstreams: at least one upstream is needed"),
+    ],
+)
+def test_odd_values_are_config_errors(fragment: str, message: str) -> None:
+    base = {"listen": "listen: 127.0.0.1:8080", "upstreams": "upstreams: {u: {url: 'http://h'}}"}
+    key = fragment.split(":", 1)[0]
+    base[key] = fragment
+    text = "version: 1\n" + "\n".join(base.values()) + "\nroutes: [{name: r, upstream: u}]\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text, "o.yaml")
     assert message in str(caught.value)
