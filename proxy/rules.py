@@ -325,3 +325,96 @@ def compile_ruleset(
         else:
             raise ValueError(f"unknown rule or preset {name!r}")
     return RuleSet(tuple(compiled))
+
+
+# -- tracing, for `tunnelguard explain` ------------------------------------------------------------
+
+_TRACE_FOUND_LIMIT = 20
+"""Values of a `*` pointer kept in a trace: enough to read, bounded for huge arrays."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionTrace:
+    """One node of a `when` tree evaluated against one document.
+
+    `op` is all | any | not, or a leaf test (exists | equals | in | matches | nonempty) with
+    its `path`, its operand `expected`, and `found`: the first values the pointer reached, in
+    document order (empty: it reached nothing); `found_count` counts them all.
+    """
+
+    op: str
+    held: bool
+    path: str | None = None
+    expected: object = None
+    found: tuple[object, ...] = ()
+    found_count: int = 0
+    children: tuple[ConditionTrace, ...] = ()
+
+
+def trace_when(when: When, doc: object) -> ConditionTrace:
+    """Evaluate `when` against `doc` as `compile_when` does, recording every node.
+
+    Every node is evaluated (no short-circuit), so each condition can be shown; a leaf's
+    `held` comes from the very predicate `compile_when` builds, and all/any/not combine
+    their children as the compiled tree does, so the root's `held` is the rule's answer.
+    """
+    if isinstance(when, AllOf):
+        children = tuple(trace_when(w, doc) for w in when.items)
+        return ConditionTrace("all", all(c.held for c in children), children=children)
+    if isinstance(when, AnyOf):
+        children = tuple(trace_when(w, doc) for w in when.items)
+        return ConditionTrace("any", any(c.held for c in children), children=children)
+    if isinstance(when, Not):
+        child = trace_when(when.item, doc)
+        return ConditionTrace("not", not child.held, children=(child,))
+    found = list(compile_pointer(when.path).find(doc))
+    return ConditionTrace(
+        when.op,
+        _compile_condition(when)(doc),
+        when.path,
+        when.value,
+        tuple(found[:_TRACE_FOUND_LIMIT]),
+        len(found),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTrace:
+    """How a matching user rule's status (and Retry-After seconds) were found.
+
+    `step` is fixed | map | range | default; `found` is the value at `source` (the `from`
+    pointer), or MISSING; `retry_found` the value at `retry_after_from`, or MISSING.
+    """
+
+    status: int
+    step: str
+    source: str | None = None
+    found: object = MISSING
+    text: str | None = None
+    retry_after_from: str | None = None
+    retry_found: object = MISSING
+    retry_after: int | None = None
+
+
+def trace_status(rule: _UserRule, doc: object) -> StatusTrace:
+    """Re-derive what `rule.match` decides about a document its `when` holds for."""
+    spec = rule.status
+    retry_from = rule.retry_after_from
+    retry_found = retry_from.first(doc) if retry_from is not None else MISSING
+    seconds = _number(retry_found) if retry_found is not MISSING else None
+    retry = math.ceil(seconds) if seconds is not None and seconds >= 0 else None
+    retry_text = retry_from.text if retry_from is not None else None
+    if spec.fixed is not None or spec.source is None:
+        status = spec.fixed or spec.default
+        return StatusTrace(status, "fixed", None, MISSING, None, retry_text, retry_found, retry)
+    found = spec.source.first(doc)
+    text = text_form(found) if found is not MISSING else None
+    step, status = "default", spec.default
+    if text is not None and text in spec.table:
+        step, status = "map", spec.table[text]
+    elif spec.ranges and (number := _number(found)) is not None:
+        for low, high, mapped in spec.ranges:
+            if low <= number <= high:
+                step, status = "range", mapped
+                break
+    return StatusTrace(status, step, spec.source.text, found, text, retry_text, retry_found, retry)
