@@ -180,7 +180,7 @@ class TestExpect:
     status: int | None = None
     rule: str | None = None  # "" means: no rule may match
     action: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str | None], ...] = ()  # None: the header must be absent
 
 
 @dataclass(frozen=True, slots=True)

@@ -822,6 +822,14 @@ def _tests(
     return tuple(result)
 
 
+def _expected_headers(w: _Walker, value: object, path: Path) -> tuple[tuple[str, str | None], ...]:
+    """Like `_headers`, but `null` means: this header must be absent."""
+    if not isinstance(value, dict):
+        w.error(path, f"expected a mapping of header names to values, got {_describe(value)}")
+        return ()
+    return tuple((str(k).lower(), None if v is None else str(v)) for k, v in value.items())
+
+
 def _headers(w: _Walker, value: object, path: Path) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         w.error(path, f"expected a mapping of header names to values, got {_describe(value)}")
@@ -865,5 +873,5 @@ def _test_expect(w: _Walker, value: object, path: Path) -> TestExpect | None:
         status=w.field(m, "status", path, lambda v, p: w.http_status(v, p, False), None),
         rule=("" if rule is None else str(rule)) if "rule" in m else None,
         action=w.field(m, "action", path, w.choice(ACTIONS), None),
-        headers=_headers(w, m["headers"], (*path, "headers")) if "headers" in m else (),
+        headers=_expected_headers(w, m["headers"], (*path, "headers")) if "headers" in m else (),
     )

@@ -107,7 +107,9 @@ def run_test(test: RuleTest, config: Config, runtime: Runtime) -> TestOutcome:
         problems.append(f"action: expected {expect.action}, got {actual.action or 'none'}")
     for name, value in expect.headers:
         got = h.get(actual.headers, name)
-        if got != value:
+        if value is None and got is not None:
+            problems.append(f"header {name}: expected absent, got {got!r}")
+        elif value is not None and got != value:
             problems.append(f"header {name}: expected {value!r}, got {got!r}")
     return TestOutcome(test, actual, tuple(problems))
 

@@ -280,3 +280,23 @@ def test_bad_listen_env_is_usage_error() -> None:
     proc = subprocess.run([*PY, "run"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "TUNNELGUARD_LISTEN" in proc.stderr
+
+
+def test_expected_header_null_means_absent(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "version: 1\nupstreams:\n  u: {url: http://127.0.0.1:1}\n"
+        "routes:\n  - {name: r, upstream: u, rules: [slack], action: flag}\n"
+        "tests:\n"
+        "  - name: flag adds no Proxy-Status\n    route: r\n"
+        "    response: {body: {ok: false, error: invalid_auth}}\n"
+        "    expect: {status: 200, headers: {proxy-status: null, tunnelguard-status: '401'}}\n"
+        "  - name: wrong on purpose\n    route: r\n"
+        "    response: {body: {ok: false, error: invalid_auth}}\n"
+        "    expect: {headers: {tunnelguard-rule: null}}\n"
+    )
+    check = subprocess.run([*PY, "check", str(cfg)], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 1
+    assert "test 'flag adds no Proxy-Status' failed" not in check.stderr
+    assert "test 'wrong on purpose' failed" in check.stderr
+    assert "header tunnelguard-rule: expected absent, got 'slack'" in check.stderr

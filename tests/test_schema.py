@@ -791,18 +791,14 @@ def _points_at_schema(directory: Path, target: str) -> bool:
 
 
 def test_examples_point_editors_at_the_schema() -> None:
-    # Only files that already carry the line are checked: the lines are added separately.
     for path in CONFIG_FILES:
-        if "yaml-language-server" not in path.read_text(encoding="utf-8"):
-            continue
+        assert "yaml-language-server" in path.read_text(encoding="utf-8"), _rel(path)
         target = _modeline_target(path)
         assert _points_at_schema(path.parent, target), f"{_rel(path)}: {target} is not the schema"
 
 
-def test_default_config_points_editors_at_the_schema_if_it_has_the_line() -> None:
+def test_default_config_points_editors_at_the_schema() -> None:
     default = ROOT / "config" / "default.yaml"
-    if "yaml-language-server" not in default.read_text(encoding="utf-8"):
-        return
     target = _modeline_target(default)
     # proxy/default.yaml is a symlink to it, and editors resolve the path from the file they
     # opened: `../config/schema.json` works from both directories.
