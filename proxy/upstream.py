@@ -9,14 +9,14 @@ exceptions onto it, most specific first: aiohttp's timeout errors are also
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import aiohttp
-from aiohttp import ClientResponse, ClientSession, TraceConfig, TraceRequestHeadersSentParams
+from aiohttp import ClientResponse, ClientSession
 from yarl import URL
 
 from .config import UpstreamConfig
@@ -116,34 +116,8 @@ def is_retry_safe(method: str, has_idempotency_key: bool) -> bool:
     return method in IDEMPOTENT or has_idempotency_key
 
 
-# -- the response-head deadline ---------------------------------------------------------------
-
-
-async def _on_headers_sent(
-    session: ClientSession, ctx: SimpleNamespace, params: TraceRequestHeadersSentParams
-) -> None:
-    """`timeouts.response` runs from when the request head is on the wire to when the
-    response head arrives; connecting has its own `timeouts.connect`."""
-    deadline: _HeadDeadline | None = ctx.trace_request_ctx
-    if deadline is not None:
-        deadline.start()
-
-
-class _HeadDeadline:
-    __slots__ = ("_seconds", "_timeout")
-
-    def __init__(self, timeout: asyncio.Timeout, seconds: float) -> None:
-        self._timeout = timeout
-        self._seconds = seconds
-
-    def start(self) -> None:
-        self._timeout.reschedule(asyncio.get_running_loop().time() + self._seconds)
-
-
 def new_session() -> ClientSession:
     """The one shared client session: a keep-alive pool to every upstream."""
-    trace = TraceConfig()
-    trace.on_request_headers_sent.append(_on_headers_sent)
     # Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of
     # Node.js servers (and most others), so we rarely reuse one the upstream is closing.
     connector = aiohttp.TCPConnector(
@@ -152,7 +126,6 @@ def new_session() -> ClientSession:
     session = ClientSession(
         connector=connector,
         auto_decompress=False,  # clients get the upstream's bytes, compressed or not
-        trace_configs=[trace],
         cookie_jar=aiohttp.DummyCookieJar(),  # never store or add cookies
         timeout=aiohttp.ClientTimeout(total=None),
     )
@@ -180,26 +153,40 @@ async def send(
 ) -> Attempt:
     """Send one request and wait for the response head; raise UpstreamFailure."""
     started = time.perf_counter()
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=upstream.timeouts.connect, connect=None, sock_read=None
-    )
     try:
-        async with asyncio.timeout(None) as deadline:
-            response = await session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-                timeout=timeout,
-                trace_request_ctx=_HeadDeadline(deadline, upstream.timeouts.response),
-            )
+        response = await session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+            timeout=_timeouts(upstream.timeouts.connect, upstream.timeouts.response),
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         raise UpstreamFailure(classify(exc), exc) from exc
+    _end_head_deadline(response)
     return Attempt(response, time.perf_counter() - started)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeouts(connect: float, response: float) -> aiohttp.ClientTimeout:
+    """`timeouts.connect` bounds the TCP (and TLS) connect; `timeouts.response` the
+    silence between the request being fully sent and the response head arriving
+    (aiohttp starts its read timer once the request body is written)."""
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect, sock_read=response)
+
+
+def _end_head_deadline(response: ClientResponse) -> None:
+    """The response timeout covers the head only: once it is here, a body may pause as
+    long as it likes (event streams, long polls, slow downloads)."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = None
+        protocol.start_timeout()  # cancels the timer already running
 
 
 async def iter_body(response: ClientResponse) -> AsyncIterator[bytes]:

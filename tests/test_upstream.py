@@ -549,3 +549,31 @@ async def test_every_attempt_is_ours(
         assert r.status == 502
     assert seen == 1
     assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="reset") == 1
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "application/json"])
+async def test_response_timeout_covers_the_head_only(
+    start_upstream: UpstreamFactory,
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    content_type: str,
+) -> None:
+    """timeouts.response is 1 s; a body that pauses 1.5 s after its head still arrives
+    whole (event streams and slow downloads must not be cut)."""
+    app = web.Application()
+
+    async def pausing(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        await resp.write(b'{"part": "one", ')
+        await asyncio.sleep(1.5)
+        await resp.write(b'"then": "two"}')
+        await resp.write_eof()
+        return resp
+
+    app.router.add_get("/pause", pausing)
+    upstream = await start_upstream(app)
+    tg = await start_proxy(upstream_yaml(upstream.url))
+    async with client.get(tg.url + "/pause") as r:
+        assert r.status == 200
+        assert await r.read() == b'{"part": "one", "then": "two"}'
