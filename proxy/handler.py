@@ -422,8 +422,7 @@ class Proxy:
             return
         verdict = outcome.verdict
         upstream = outcome.upstream_seconds
-        self._log.event(
-            "request",
+        self._log.access(
             route=route,
             method=request.method,
             path=request.raw_path.split("?", 1)[0],  # never the query string

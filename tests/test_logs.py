@@ -33,3 +33,35 @@ def test_a_closed_stream_never_raises() -> None:
     out = io.StringIO()
     out.close()
     Log("json", stream=out).event("request", route="r")  # must not raise
+
+
+async def test_access_lines_are_flushed_soon_not_at_once() -> None:
+    import asyncio
+
+    class Counting(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            Counting.flushes += 1
+            super().flush()
+
+    out = Counting()
+    log = Log("json", stream=out)
+    for i in range(100):
+        log.access(route="r", code=200, n=i)
+    assert Counting.flushes == 0  # one flush for the whole burst, a moment later
+    await asyncio.sleep(0.2)
+    assert Counting.flushes == 1
+    assert len(out.getvalue().splitlines()) == 100
+    log.event("shutdown")  # other events are flushed at once
+    assert Counting.flushes == 2
+
+
+def test_time_stamps_are_consistent() -> None:
+    out = io.StringIO()
+    log = Log("json", stream=out)
+    for _ in range(50):
+        log.event("x")
+    stamps = [json.loads(line)["time"] for line in out.getvalue().splitlines()]
+    assert stamps == sorted(stamps)
+    assert all(len(s) == len("2026-11-25T08:00:00.000Z") for s in stamps)
