@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""Benchmark harness: a fast upstream served directly vs through tunnelguard.
+"""Benchmark harness: tunnelguard against its peers, per core, in one run.
 
-Three scenarios, each measured direct then proxied, `--repeat` times, medians reported:
+One fast upstream (nginx serving fixed files) is loaded with wrk, in the same run:
 
-  (a) a 200 B tunnelled-error JSON body (Slack-style `ok: false`, rewritten to 401),
-  (b) a 16 KiB clean JSON body (buffered and inspected, no match),
-  (c) a 1 MiB `application/octet-stream` body (streamed through uninspected).
+  direct    wrk -> upstream
+  nginx     wrk -> nginx `proxy_pass` -> upstream      (plain proxying, the baseline)
+  haproxy   wrk -> HAProxy `wait-for-body` + a `res.body` rule -> upstream   (the peer)
+  tg        wrk -> tunnelguard -> upstream
 
-Upstream: nginx (temp config, 1 worker, keep-alive, no access log); falls back to a minimal
-aiohttp upstream.  Load: wrk (fixed threads/connections, `--latency`); falls back to a bounded
-aiohttp client loop.  Everything listens on and talks to 127.0.0.1 only.
+for three bodies: (a) a 200 B Slack-style tunnelled error (rewritten to 401 by HAProxy and
+tunnelguard), (b) a 16 KiB clean JSON body (inspected, passed), (c) a 1 MiB octet-stream
+(streamed); then (a) at one connection for latency; then tunnelguard `--workers 2` vs 1 worker.
+Each proxy is pinned to one CPU, wrk (and the upstream, and this script) to another.  The
+report is markdown tables with medians of `--repeat` runs and a PASS/FAIL table of the
+targets of issue 9.  Everything listens on and talks to 127.0.0.1 only.
 
     python3 bench/run.py [--duration S] [--repeat N]
 
-See bench/README.md for how to read the output.
+See bench/README.md for the layout and how to read the output.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import http.client
 import json
@@ -30,32 +33,45 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import (  # bench/ is not a package: peers.py sits beside this file
+    HAPROXY_BUFSIZE,
+    HOST,
+    ROOT,
+    Layout,
+    Processes,
+    RssSampler,
+    Server,
+    affinity,
+    busy_percent,
+    cpu_ticks,
+    ensure_tool,
+    say,
+    start_haproxy,
+    start_nginx_proxy,
+    start_tunnelguard,
+    start_upstream,
+    sum_cpu_seconds,
+    sum_kib,
+    tool_version,
+)
+
 RESULTS_DIR = ROOT / "bench" / "results"
-HOST = "127.0.0.1"
-
-STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL bound for every process we start
-STARTUP_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
-INSTALL_TIMEOUT_S = 600.0
-RSS_SAMPLE_INTERVAL_S = 0.1
-MAX_RSS_SAMPLES = 100_000
-FALLBACK_MAX_REQUESTS = 2_000_000  # bound on the aiohttp load loop, on top of the duration
-
+WRK_TIMEOUT_S = 10  # wrk's own --timeout: a request slower than this counts as an error
 
 # --------------------------------------------------------------------------- scenarios
 
@@ -67,14 +83,7 @@ class Scenario:
     path: str
     content_type: str
     body: bytes
-    proxied_status: int
-    inspected: bool
-
-    def unexpected(self, proxied: Measurement) -> int:
-        """Proxied responses the load generator saw with a status other than the expected one."""
-        if 200 <= self.proxied_status < 400:
-            return proxied.non_2xx_3xx
-        return proxied.requests - proxied.non_2xx_3xx  # every response should be non-2xx
+    inspected_status: int  # what HAProxy's rule and tunnelguard answer
 
 
 def _padded_json(doc: dict[str, Any], size: int) -> bytes:
@@ -130,7 +139,6 @@ def scenarios() -> list[Scenario]:
             "application/json",
             tunnelled_error_body(),
             401,
-            True,
         ),
         Scenario(
             "b",
@@ -139,219 +147,16 @@ def scenarios() -> list[Scenario]:
             "application/json",
             clean_json_body(),
             200,
-            True,
         ),
         Scenario(
             "c",
-            "(c) 1 MiB octet-stream",
+            "(c) 1 MiB octet-stream, streamed",
             "/c-blob.bin",
             "application/octet-stream",
             binary_body(),
             200,
-            False,
         ),
     ]
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every process this harness starts, so `stop_all()` can end each one by PID."""
-
-    def __init__(self) -> None:
-        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._extra_pids: list[tuple[int, str]] = []  # (pid, cmdline prefix), e.g. nginx workers
-
-    def start(self, name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(list(argv), **kwargs)
-        self._procs.append((name, proc))
-        return proc
-
-    def adopt_children(self, proc: subprocess.Popen[bytes], cmdline_prefix: str) -> None:
-        for pid in _children(proc.pid):
-            self._extra_pids.append((pid, cmdline_prefix))
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int | None:
-        _terminate(proc)
-        self._procs = [(n, p) for n, p in self._procs if p is not proc]
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for _name, proc in reversed(self._procs):
-            _terminate(proc)
-        self._procs.clear()
-        for pid, prefix in self._extra_pids:
-            if _cmdline(pid).startswith(prefix):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        self._extra_pids.clear()
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_GRACE_S)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1.0):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-limit:].strip()
-    except OSError:
-        return ""
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-# --------------------------------------------------------------------------- tools
-
-
-def find_binary(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
-        candidate = Path(directory) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def ensure_tool(binary: str, packages: Sequence[str], allow_install: bool) -> str | None:
-    """The tool's path; if missing, try `apt-get install -y PACKAGE` (root only)."""
-    found = find_binary(binary)
-    if found or not allow_install:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        return None
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-
-    def install(package: str) -> bool:
-        say(f"# installing {package} with apt-get ...")
-        try:
-            done = subprocess.run(
-                [apt, "install", "-y", "-q", package],
-                env=env,
-                capture_output=True,
-                timeout=INSTALL_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return False
-        return done.returncode == 0
-
-    for refreshed in (False, True):
-        if refreshed:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subprocess.run(
-                    [apt, "update", "-q"],
-                    env=env,
-                    capture_output=True,
-                    timeout=INSTALL_TIMEOUT_S,
-                    check=False,
-                )
-        for package in packages:
-            if install(package) and find_binary(binary):
-                return find_binary(binary)
-    return None
-
-
-def tool_version(argv: Sequence[str]) -> str:
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    text = (done.stdout + done.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
-# --------------------------------------------------------------------------- upstreams
-
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_timeout 75s;
-    keepalive_requests 10000000;
-    client_body_temp_path {tmp}/nginx-temp/body;
-    proxy_temp_path {tmp}/nginx-temp/proxy;
-    fastcgi_temp_path {tmp}/nginx-temp/fastcgi;
-    uwsgi_temp_path {tmp}/nginx-temp/uwsgi;
-    scgi_temp_path {tmp}/nginx-temp/scgi;
-    types {{
-        application/json json;
-        application/octet-stream bin;
-    }}
-    default_type application/octet-stream;
-    server {{
-        listen {host}:{port};
-        root {www};
-        location / {{ }}
-    }}
-}}
-"""
-
-
-@dataclass
-class Upstream:
-    kind: str  # "nginx" or "aiohttp"
-    url: str
-    pid: int
-    version: str
-    note: str = ""
 
 
 def write_site(tmp: Path, cases: Sequence[Scenario]) -> Path:
@@ -361,197 +166,27 @@ def write_site(tmp: Path, cases: Sequence[Scenario]) -> Path:
         target = www / case.path.lstrip("/")
         target.write_bytes(case.body)
         target.chmod(0o644)
-    # nginx workers may run as an unprivileged user: let them read the site.
+    # nginx workers run as an unprivileged user: let them read the site.
     tmp.chmod(0o755)
     www.chmod(0o755)
     return www
 
 
-def start_nginx(nginx: str, tmp: Path, www: Path, procs: Processes) -> Upstream | None:
-    port = free_port()
-    (tmp / "nginx-temp").mkdir(exist_ok=True)
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, www=www, host=HOST, port=port))
-    err = tmp / "nginx-error.log"
-    argv = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(err)]
-    with open(tmp / "nginx.out", "wb") as out:
-        proc = procs.start("nginx", argv, stdout=out, stderr=subprocess.STDOUT)
-    if not wait_for_port(port, proc, STARTUP_TIMEOUT_S):
-        say(f"# nginx did not start: {_tail(err) or _tail(tmp / 'nginx.out')}")
-        procs.stop(proc)
-        return None
-    time.sleep(0.2)  # let the master fork its worker before we record its PID
-    procs.adopt_children(proc, "nginx")
-    return Upstream("nginx", f"http://{HOST}:{port}", proc.pid, tool_version([nginx, "-v"]))
+# sides: what wrk is pointed at
+DIRECT, NGINX, HAPROXY, TG, TG1W, TG2W = "direct", "nginx", "haproxy", "tg", "tg1w", "tg2w"
+LABELS = {
+    DIRECT: "direct (upstream)",
+    NGINX: "nginx proxy_pass",
+    HAPROXY: "HAProxy inspect",
+    TG: "tunnelguard",
+    TG1W: "tunnelguard 1 worker",
+    TG2W: "tunnelguard --workers 2",
+}
+INSPECTING = {HAPROXY, TG, TG1W, TG2W}
 
 
-def start_fallback_upstream(tmp: Path, www: Path, procs: Processes, reason: str) -> Upstream:
-    port = free_port()
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(www)]
-    argv += ["--serve-port", str(port)]
-    log = tmp / "upstream.log"
-    with open(log, "wb") as out:
-        proc = procs.start("aiohttp-upstream", argv, stdout=out, stderr=subprocess.STDOUT)
-    if not wait_for_port(port, proc, STARTUP_TIMEOUT_S):
-        raise RuntimeError(f"fallback aiohttp upstream did not start: {_tail(log)}")
-    import aiohttp
-
-    return Upstream(
-        "aiohttp",
-        f"http://{HOST}:{port}",
-        proc.pid,
-        f"aiohttp {aiohttp.__version__}",
-        note=f"FALLBACK upstream (aiohttp, not nginx): {reason}",
-    )
-
-
-def serve_upstream(root: Path, port: int) -> None:
-    """The fallback upstream (runs in its own process): fixed files, right content types."""
-    from aiohttp import web
-
-    types = {".json": "application/json", ".bin": "application/octet-stream"}
-    files = {
-        f"/{p.name}": (p.read_bytes(), types.get(p.suffix, "application/octet-stream"))
-        for p in root.iterdir()
-        if p.is_file()
-    }
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        found = files.get(request.path)
-        if found is None:
-            return web.Response(status=404, text="not found")
-        body, ctype = found
-        return web.Response(body=body, headers={"Content-Type": ctype})
-
-    async def main() -> None:
-        server = web.Server(handle, access_log=None)
-        runner = web.ServerRunner(server)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, port, backlog=1024).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
-
-
-# --------------------------------------------------------------------------- tunnelguard
-
-
-@dataclass
-class Proxy:
-    proc: subprocess.Popen[bytes]
-    url: str
-    admin_url: str
-    log: Path
-
-
-def start_proxy(upstream_url: str, tmp: Path, procs: Processes) -> Proxy:
-    argv = [sys.executable, "-m", "proxy", "run", "--upstream", upstream_url]
-    argv += ["--listen", f"{HOST}:0", "--admin-listen", f"{HOST}:0"]
-    log, err = tmp / "proxy.log", tmp / "proxy.err"
-    # stdout (one JSON line per request) goes to a file: it never blocks the proxy.
-    with open(log, "wb") as out, open(err, "wb") as errf:
-        proc = procs.start("tunnelguard", argv, stdout=out, stderr=errf, cwd=ROOT)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), open(log, "rb") as f:
-            for raw in f:
-                if b'"startup"' not in raw:
-                    continue
-                with contextlib.suppress(ValueError):
-                    record = json.loads(raw)
-                    if record.get("event") == "startup":
-                        return Proxy(proc, str(record["listen"]), str(record["admin"]), log)
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"tunnelguard exited with {proc.returncode} before its startup line:\n"
-                f"{_tail(err)}\n{_tail(log)}"
-            )
-        time.sleep(0.05)
-    raise RuntimeError(f"no startup line from tunnelguard within {STARTUP_TIMEOUT_S:.0f}s")
-
-
-def proc_status_kib(pid: int, key: str) -> int | None:
-    """A `kB` field (VmRSS, VmHWM) of /proc/PID/status, or None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, from /proc/PID/stat."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class RssSampler:
-    """Samples VmRSS of one PID every RSS_SAMPLE_INTERVAL_S in a background thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples: list[int] = []
-        self.peak_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
-            value = proc_status_kib(self.pid, "VmRSS")
-            if value is None:
-                return
-            self.peak_kib = max(self.peak_kib, value)
-            if len(self.samples) < MAX_RSS_SAMPLES:
-                self.samples.append(value)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[RssSampler]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join(timeout=5)
-
-
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def scrape_counts(admin_url: str) -> Counter[str]:
-    """requests_total by delivered code and inspections_total by result, from /metrics."""
-    _status, _headers, body = http_get(admin_url, "/metrics")
-    counts: Counter[str] = Counter()
-    for line in body.decode(errors="replace").splitlines():
-        if line.startswith("tunnelguard_requests_total{"):
-            label = "code"
-        elif line.startswith("tunnelguard_inspections_total{"):
-            label = "result"
-        else:
-            continue
-        labels_text, _, value = line.rpartition("}")
-        labels = dict(_LABEL.findall(labels_text))
-        with contextlib.suppress(ValueError):
-            prefix = "code=" if label == "code" else "inspection="
-            counts[prefix + labels.get(label, "?")] += int(float(value.split()[0]))
-    return counts
+def expected_status(case: Scenario, side: str) -> int:
+    return case.inspected_status if side in INSPECTING else 200
 
 
 # --------------------------------------------------------------------------- HTTP checks
@@ -571,29 +206,50 @@ def http_get(base_url: str, path: str) -> tuple[int, dict[str, str], bytes]:
         conn.close()
 
 
-def verify(cases: Sequence[Scenario], direct: str, proxied: str) -> list[str]:
-    """One request per scenario, direct and proxied; a list of failures (empty when fine)."""
+def verify(cases: Sequence[Scenario], servers: dict[str, Server]) -> list[str]:
+    """One request per scenario and side; a list of failures (empty when all answer right).
+
+    Every side must answer the expected status ((a) is 401 through HAProxy and tunnelguard,
+    200 elsewhere), and every 200 must be the file, byte for byte, with its content type."""
     failures: list[str] = []
     for case in cases:
-        direct_status, headers, body = http_get(direct, case.path)
-        ctype = headers.get("content-type", "")
-        if direct_status != 200 or body != case.body or not ctype.startswith(case.content_type):
-            failures.append(
-                f"{case.key} direct: status {direct_status}, {len(body)} B, type {ctype!r}"
+        seen: list[str] = []
+        for side, server in servers.items():
+            status, headers, body = http_get(server.url, case.path)
+            want = expected_status(case, side)
+            ok = status == want
+            if want == 200:
+                ctype = headers.get("content-type", "")
+                ok = ok and body == case.body and ctype.startswith(case.content_type)
+            seen.append(
+                f"{side} {status}{'' if body == case.body else ' (body differs)'}"
+                f"{'' if ok else ' FAILED'}"
             )
-        status, headers, body = http_get(proxied, case.path)
-        ok = status == case.proxied_status
-        if case.proxied_status == 200:
-            ok = ok and body == case.body  # byte-exact through the proxy
-        verdict = "ok" if ok else "FAILED"
-        say(
-            f"# verify {case.key}: direct {direct_status} -> proxied {status} "
-            f"(want {case.proxied_status}), {len(body)} B, "
-            f"{'byte-exact' if body == case.body else 'body differs'}: {verdict}"
-        )
-        if not ok:
-            failures.append(f"{case.key} proxied: status {status}, {len(body)} B")
+            if not ok:
+                failures.append(f"{case.key} via {side}: status {status} (want {want})")
+        say(f"# verify {case.key} ({len(case.body)} B): " + ", ".join(seen))
     return failures
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_counts(admin_url: str) -> Counter[str]:
+    """tunnelguard's requests_total by code and inspections_total by result, from /metrics."""
+    _status, _headers, body = http_get(admin_url, "/metrics")
+    counts: Counter[str] = Counter()
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("tunnelguard_requests_total{"):
+            label, prefix = "code", "code="
+        elif line.startswith("tunnelguard_inspections_total{"):
+            label, prefix = "result", "inspection="
+        else:
+            continue
+        labels_text, _, value = line.rpartition("}")
+        labels = dict(_LABEL.findall(labels_text))
+        with contextlib.suppress(ValueError):
+            counts[prefix + labels.get(label, "?")] += int(float(value.split()[0]))
+    return counts
 
 
 # --------------------------------------------------------------------------- load
@@ -608,9 +264,30 @@ class Measurement:
     seconds: float
     socket_errors: int = 0
     non_2xx_3xx: int = 0
-    proxy_cpu_s: float | None = None
-    proxy_rss_peak_kib: int | None = None
-    proxy_codes: dict[str, int] = field(default_factory=dict)
+    unexpected_status: int = 0
+    proxy_cpu_s: float | None = None  # the measured proxy (all its processes); None for direct
+    upstream_cpu_s: float | None = None
+    cpu_busy_pct: dict[int, float] = field(default_factory=dict)  # per CPU, all processes
+    rss_peak_kib: int | None = None  # the measured proxy, summed over its processes
+    proxy_codes: dict[str, int] = field(default_factory=dict)  # tunnelguard's /metrics delta
+
+    @property
+    def proxy_cpu_pct(self) -> float:
+        if self.proxy_cpu_s is None or not self.seconds:
+            return math.nan
+        return 100.0 * self.proxy_cpu_s / self.seconds
+
+    @property
+    def upstream_cpu_pct(self) -> float:
+        if self.upstream_cpu_s is None or not self.seconds:
+            return math.nan
+        return 100.0 * self.upstream_cpu_s / self.seconds
+
+    @property
+    def proxy_us_per_request(self) -> float:
+        if self.proxy_cpu_s is None or not self.requests:
+            return math.nan
+        return 1e6 * self.proxy_cpu_s / self.requests
 
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -638,191 +315,414 @@ def parse_wrk(text: str) -> Measurement:
 
 
 @dataclass(frozen=True)
-class LoadGen:
-    kind: str  # "wrk" or "aiohttp"
-    path: str | None
-    connections: int
-    threads: int
+class Wrk:
+    path: str
     version: str
-    note: str = ""
+    layout: Layout
 
-
-def run_load(gen: LoadGen, url: str, duration: int, procs: Processes) -> Measurement:
-    if urlsplit(url).hostname != HOST:
-        raise ValueError(f"refusing non-loopback target {url}")
-    if gen.kind == "wrk":
-        assert gen.path is not None
-        argv = [gen.path, f"-t{gen.threads}", f"-c{gen.connections}", f"-d{duration}s"]
-        argv += ["--latency", "--timeout", f"{HTTP_TIMEOUT_S:.0f}s", url]
+    def run(self, url: str, connections: int, duration: int, procs: Processes) -> Measurement:
+        if urlsplit(url).hostname != HOST:
+            raise ValueError(f"refusing non-loopback target {url}")
+        argv = [self.path, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+        argv += ["--timeout", f"{WRK_TIMEOUT_S}s", url]
+        argv = self.layout.pinned(argv, self.layout.load_cpus)
         proc = procs.start("wrk", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            out, _ = proc.communicate(timeout=duration + 60)
+            out, _ = proc.communicate(timeout=duration + WRK_TIMEOUT_S + 30)
         finally:
             procs.stop(proc)
         return parse_wrk(out.decode(errors="replace"))
-    return asyncio.run(
-        asyncio.wait_for(aiohttp_load(url, gen.connections, duration), timeout=duration + 60)
-    )
 
 
-async def aiohttp_load(url: str, connections: int, duration: float) -> Measurement:
-    """Fallback load: `connections` keep-alive workers, bounded by time and request count."""
-    import aiohttp
+@dataclass(frozen=True)
+class Cell:
+    """One thing measured `--repeat` times: a section, a body, a side, a connection count."""
 
-    latencies: list[float] = []
-    errors = 0
-    non2xx = 0
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + duration
-    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False
-    ) as session:
+    section: str  # "load", "latency", "workers"
+    scenario: Scenario
+    side: str
+    connections: int
 
-        async def worker() -> None:
-            nonlocal errors, non2xx
-            while loop.time() < deadline and len(latencies) < FALLBACK_MAX_REQUESTS:
-                started = time.perf_counter()
-                try:
-                    async with session.get(url) as resp:
-                        async for _chunk in resp.content.iter_chunked(1 << 16):
-                            pass
-                        if not 200 <= resp.status < 400:
-                            non2xx += 1
-                except (aiohttp.ClientError, TimeoutError):
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    return Measurement(
-        rps=len(latencies) / elapsed if elapsed > 0 else 0.0,
-        p50_ms=_percentile(latencies, 50) * 1e3,
-        p99_ms=_percentile(latencies, 99) * 1e3,
-        requests=len(latencies),
-        seconds=elapsed,
-        socket_errors=errors,
-        non_2xx_3xx=non2xx,
-    )
+    @property
+    def key(self) -> str:
+        return f"{self.section}/{self.scenario.key}/{self.side}"
 
 
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
+def measure(
+    cell: Cell,
+    servers: dict[str, Server],
+    upstream: Server,
+    wrk: Wrk,
+    duration: int,
+    procs: Processes,
+) -> Measurement:
+    server = servers[cell.side]
+    proxied = cell.side != DIRECT
+    proxy_pids = server.pids if proxied else []
+    upstream_pids = upstream.pids
+    admin = server.admin_url if proxied else None
+    codes0 = scrape_counts(admin) if admin else None
+    ticks0 = cpu_ticks()
+    cpu0 = sum_cpu_seconds(proxy_pids) if proxied else None
+    up0 = sum_cpu_seconds(upstream_pids)
+    with RssSampler(proxy_pids).running() as sampler:
+        m = wrk.run(server.url + cell.scenario.path, cell.connections, duration, procs)
+    up1 = sum_cpu_seconds(upstream_pids)
+    cpu1 = sum_cpu_seconds(proxy_pids) if proxied else None
+    m.cpu_busy_pct = busy_percent(ticks0, cpu_ticks())
+    for checked in (server, upstream):
+        if not checked.alive():
+            raise RuntimeError(f"{checked.label} exited with {checked.proc.returncode} under load")
+    if cpu0 is not None and cpu1 is not None:
+        m.proxy_cpu_s = cpu1 - cpu0
+    if up0 is not None and up1 is not None:
+        m.upstream_cpu_s = up1 - up0
+    m.rss_peak_kib = sampler.peak_kib or None
+    if admin and codes0 is not None:
+        m.proxy_codes = {k: v for k, v in (scrape_counts(admin) - codes0).items() if v > 0}
+    if expected_status(cell.scenario, cell.side) == 200:
+        m.unexpected_status = m.non_2xx_3xx
+    else:  # every answer should be non-2xx (401)
+        m.unexpected_status = m.requests - m.non_2xx_3xx
+    return m
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Results:
+    def __init__(self) -> None:
+        self.runs: dict[str, list[Measurement]] = {}
+
+    def add(self, cell: Cell, m: Measurement) -> None:
+        self.runs.setdefault(cell.key, []).append(m)
+
+    def get(self, section: str, scenario: str, side: str) -> list[Measurement]:
+        return self.runs.get(f"{section}/{scenario}/{side}", [])
+
+    def median(
+        self, section: str, scenario: str, side: str, value: Callable[[Measurement], float]
+    ) -> float:
+        values = [v for v in map(value, self.get(section, scenario, side)) if not math.isnan(v)]
+        return float(statistics.median(values)) if values else math.nan
+
+    def ratio(self, section: str, scenario: str, num: str, den: str, attr: str) -> float:
+        top = self.median(section, scenario, num, lambda m: float(getattr(m, attr)))
+        bottom = self.median(section, scenario, den, lambda m: float(getattr(m, attr)))
+        return top / bottom if bottom and not math.isnan(bottom) else math.nan
+
+
+def _rps(m: Measurement) -> float:
+    return m.rps
+
+
+def _p50(m: Measurement) -> float:
+    return m.p50_ms
+
+
+def _p99(m: Measurement) -> float:
+    return m.p99_ms
+
+
+def _lat(ms: float) -> str:
+    if math.isnan(ms):
+        return "n/a"
+    if ms < 1:
+        return f"{ms * 1000:.0f} us"
+    return f"{ms:.2f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def _num(value: float, spec: str = ",.0f", suffix: str = "") -> str:
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{suffix}"
+
+
+def _mib(kib: float | None) -> str:
+    return "n/a" if kib is None or math.isnan(kib) or not kib else f"{kib / 1024:.1f} MiB"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: Callable[[Results], float]
+    limit: float
+    at_least: bool  # True: measured >= limit; False: measured <= limit
+    unit: str  # "x" or "us"
+    reference: str  # the 60-line naive aiohttp+orjson proxy on this machine (issue 9)
+
+
+def _added_p50_us(results: Results, side: str) -> float:
+    side_p50 = results.median("latency", "a", side, _p50)
+    direct_p50 = results.median("latency", "a", DIRECT, _p50)
+    return (side_p50 - direct_p50) * 1000
+
+
+TARGETS = [
+    Target(
+        "(a) 200 B tunnelled, inspected + rewritten: req/s tg / HAProxy",
+        lambda r: r.ratio("load", "a", TG, HAPROXY, "rps"),
+        0.35,
+        True,
+        "x",
+        "0.18x",
+    ),
+    Target(
+        "(a) 200 B tunnelled: p99 tg / HAProxy",
+        lambda r: r.ratio("load", "a", TG, HAPROXY, "p99_ms"),
+        4.0,
+        False,
+        "x",
+        "10x",
+    ),
+    Target(
+        "(b) 16 KiB clean JSON: req/s tg / HAProxy",
+        lambda r: r.ratio("load", "b", TG, HAPROXY, "rps"),
+        0.30,
+        True,
+        "x",
+        "0.20x",
+    ),
+    Target(
+        "(c) 1 MiB streamed: req/s tg / nginx proxy_pass",
+        lambda r: r.ratio("load", "c", TG, NGINX, "rps"),
+        1.0,
+        True,
+        "x",
+        "0.93x",
+    ),
+    Target(
+        "(c) 1 MiB streamed: req/s tg / HAProxy",
+        lambda r: r.ratio("load", "c", TG, HAPROXY, "rps"),
+        0.6,
+        True,
+        "x",
+        "-",
+    ),
+    Target(
+        "one connection, (a): p50 added over direct",
+        lambda r: _added_p50_us(r, TG),
+        200.0,
+        False,
+        "us",
+        "250 us (HAProxy: 60 us)",
+    ),
+    Target(
+        "--workers 2 on both cores / 1 worker, (a) req/s",
+        lambda r: r.ratio("workers", "a", TG2W, TG1W, "rps"),
+        1.6,
+        True,
+        "x",
+        "-",
+    ),
+    Target(
+        "--workers 2 on both cores / 1 worker, (b) req/s",
+        lambda r: r.ratio("workers", "b", TG2W, TG1W, "rps"),
+        1.6,
+        True,
+        "x",
+        "-",
+    ),
+]
+
+
+def _fmt_target(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.0f} us" if unit == "us" else f"{value:.2f}x"
+
+
+def evaluate_targets(results: Results) -> list[dict[str, Any]]:
+    rows = []
+    for t in TARGETS:
+        value = t.measured(results)
+        if math.isnan(value):
+            verdict = "n/a"
+        else:
+            verdict = "PASS" if (value >= t.limit if t.at_least else value <= t.limit) else "FAIL"
+        rows.append(
+            {
+                "target": t.name,
+                "measured": value,
+                "limit": t.limit,
+                "at_least": t.at_least,
+                "unit": t.unit,
+                "verdict": verdict,
+                "reference_naive_proxy": t.reference,
+            }
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------- report
 
 
-@dataclass
-class ScenarioResult:
-    scenario: Scenario
-    direct: list[Measurement] = field(default_factory=list)
-    proxied: list[Measurement] = field(default_factory=list)
-
-    def median(self, side: str, attr: str) -> float:
-        runs = self.direct if side == "direct" else self.proxied
-        return float(statistics.median(getattr(m, attr) for m in runs))
-
-    def ratio(self, attr: str) -> float:
-        direct = self.median("direct", attr)
-        return self.median("proxied", attr) / direct if direct else math.nan
-
-    def proxy_codes(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for m in self.proxied:
-            total.update(m.proxy_codes)
-        return total
-
-    def cpu_us_per_request(self) -> float:
-        values = [
-            m.proxy_cpu_s / m.requests * 1e6
-            for m in self.proxied
-            if m.proxy_cpu_s is not None and m.requests
-        ]
-        return float(statistics.median(values)) if values else math.nan
-
-    def rss_peak_kib(self) -> int:
-        return max((m.proxy_rss_peak_kib or 0) for m in self.proxied)
+def _busy(runs: Sequence[Measurement], cpus: Sequence[int]) -> str:
+    parts = []
+    for cpu in cpus:
+        values = [m.cpu_busy_pct[cpu] for m in runs if cpu in m.cpu_busy_pct]
+        parts.append(f"{statistics.median(values):.0f}%" if values else "n/a")
+    return " / ".join(parts)
 
 
-def _ms(value: float) -> str:
-    return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+def _side_rows(
+    results: Results, section: str, scenario: str, sides: Sequence[str], cpus: Sequence[int]
+) -> list[str]:
+    rows = []
+    for side in sides:
+        runs = results.get(section, scenario, side)
+        if not runs:
+            continue
+        rss = max((m.rss_peak_kib or 0) for m in runs)
+        errors = sum(m.socket_errors for m in runs)
+        unexpected = sum(m.unexpected_status for m in runs)
+        proxied = side != DIRECT
+
+        def med(value: Callable[[Measurement], float], side: str = side) -> float:
+            return results.median(section, scenario, side, value)
+
+        cpu = _num(med(lambda m: m.proxy_cpu_pct), ".0f", "%") if proxied else "-"
+        per_req = _num(med(lambda m: m.proxy_us_per_request), ".1f") if proxied else "-"
+        upstream = _num(med(lambda m: m.upstream_cpu_pct), ".0f", "%")
+        rows.append(
+            f"| {LABELS[side]} | {_num(med(_rps))} | {_lat(med(_p50))} | {_lat(med(_p99))} "
+            f"| {cpu} | {per_req} | {upstream} | {_busy(runs, cpus)} "
+            f"| {_mib(rss) if proxied else '-'} | {errors} / {unexpected} |"
+        )
+    return rows
 
 
-def _mib(kib: int | None) -> str:
-    return "n/a" if not kib else f"{kib / 1024:.1f} MiB"
+def _ratio_row(results: Results, section: str, scenario: str, num: str, den: str) -> str:
+    def r(attr: str) -> str:
+        return _num(results.ratio(section, scenario, num, den, attr), ".2f", "x")
+
+    name = f"**{LABELS[num]} / {LABELS[den]}**"
+    per_req = r("proxy_us_per_request")  # CPU per request: the ratio least hurt by noise
+    return f"| {name} | **{r('rps')}** | {r('p50_ms')} | {r('p99_ms')} | | {per_req} | | | | |"
+
+
+def _table_head(cpus: Sequence[int]) -> list[str]:
+    cpu_names = " / ".join(f"CPU{c}" for c in cpus) if cpus else "CPUs"
+    return [
+        f"| side | req/s | p50 | p99 | proxy CPU | proxy CPU us/req | upstream CPU "
+        f"| {cpu_names} busy | proxy RSS peak | errors / wrong status |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+
+def _codes(runs: Sequence[Measurement]) -> str:
+    total: Counter[str] = Counter()
+    for m in runs:
+        total.update(m.proxy_codes)
+    codes = ", ".join(
+        f"{k.split('=', 1)[1]}: {v:,}" for k, v in sorted(total.items()) if k.startswith("code=")
+    )
+    inspections = ", ".join(
+        f"{k.split('=', 1)[1]}: {v:,}"
+        for k, v in sorted(total.items())
+        if k.startswith("inspection=")
+    )
+    return f"codes {codes or 'n/a'}; inspections {inspections or 'none'}"
 
 
 def render(
-    results: Sequence[ScenarioResult], setup: dict[str, Any], rss: dict[str, int | None]
+    results: Results,
+    cases: Sequence[Scenario],
+    setup: dict[str, Any],
+    memory: dict[str, dict[str, Any]],
+    targets: Sequence[dict[str, Any]],
 ) -> str:
+    cpus: list[int] = setup["cpus_shown"]
     lines = [
-        "## tunnelguard benchmark",
+        "## tunnelguard vs nginx vs HAProxy",
         "",
-        f"- upstream: {setup['upstream']}",
+        f"- layout: {setup['layout']}",
         f"- load: {setup['load']}",
-        f"- {setup['duration_s']} s per measurement, {setup['repeat']} repeat(s), "
-        f"medians shown; host: {setup['cpus']} CPUs, Python {setup['python']}, "
-        f"tunnelguard {setup['tunnelguard']}",
+        f"- {setup['duration_s']} s per measurement, {setup['repeat']} repeat(s), medians "
+        f"shown; host: {setup['cpus']} CPUs, Python {setup['python']}",
+        f"- {'; '.join(setup['versions'])}",
     ]
     lines += [f"- **{note}**" for note in setup["notes"]]
     lines += [
         "",
-        "| scenario | direct req/s | proxied req/s | req/s ratio | direct p50 | proxied p50 "
-        "| p50 ratio | direct p99 | proxied p99 | p99 ratio |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "proxy CPU = CPU time of the proxy's processes / wall time (100% = one core); "
+        "upstream CPU likewise for the upstream nginx; CPU busy = all processes on that CPU, "
+        "from /proc/stat (other jobs on the machine included); errors = wrk socket errors, "
+        "wrong status = answers other than the expected status (401 for (a) through HAProxy "
+        "and tunnelguard, 200 elsewhere), summed over the repeats.",
     ]
-    for r in results:
-        lines.append(
-            f"| {r.scenario.title} "
-            f"| {r.median('direct', 'rps'):,.0f} | {r.median('proxied', 'rps'):,.0f} "
-            f"| {r.ratio('rps'):.2f} "
-            f"| {_ms(r.median('direct', 'p50_ms'))} | {_ms(r.median('proxied', 'p50_ms'))} "
-            f"| {r.ratio('p50_ms'):.2f} "
-            f"| {_ms(r.median('direct', 'p99_ms'))} | {_ms(r.median('proxied', 'p99_ms'))} "
-            f"| {r.ratio('p99_ms'):.2f} |"
-        )
+    for case in cases:
+        lines += ["", f"### {case.title}, {setup['connections']} connections", ""]
+        lines += _table_head(cpus)
+        lines += _side_rows(results, "load", case.key, (DIRECT, NGINX, HAPROXY, TG), cpus)
+        lines.append(_ratio_row(results, "load", case.key, TG, HAPROXY))
+        lines.append(_ratio_row(results, "load", case.key, TG, NGINX))
+        lines += ["", f"tunnelguard /metrics: {_codes(results.get('load', case.key, TG))}"]
+
     lines += [
         "",
-        "| scenario | proxy delivered codes (/metrics) | proxy inspections (/metrics) "
-        "| proxy CPU per request | proxy peak VmRSS (sampled) "
-        "| socket errors (direct / proxied) | unexpected status (direct / proxied) |",
-        "|---|---|---|--:|--:|--:|--:|",
+        "### one connection, (a) 200 B (`wrk -t1 -c1`): latency",
+        "",
+        "| side | req/s | p50 | p99 | p50 added over direct |",
+        "|---|--:|--:|--:|--:|",
     ]
-    for r in results:
-        counts = r.proxy_codes()
-        codes = ", ".join(
-            f"{k.split('=', 1)[1]}: {v:,}"
-            for k, v in sorted(counts.items())
-            if k.startswith("code=")
-        )
-        inspections = ", ".join(
-            f"{k.split('=', 1)[1]}: {v:,}"
-            for k, v in sorted(counts.items())
-            if k.startswith("inspection=")
-        )
-        errs_d = sum(m.socket_errors for m in r.direct)
-        errs_p = sum(m.socket_errors for m in r.proxied)
-        bad_d = sum(m.non_2xx_3xx for m in r.direct)
-        bad_p = sum(r.scenario.unexpected(m) for m in r.proxied)
+    for side in (DIRECT, NGINX, HAPROXY, TG):
+        if not results.get("latency", "a", side):
+            continue
+        added = "-" if side == DIRECT else _num(_added_p50_us(results, side), ".0f", " us")
         lines.append(
-            f"| {r.scenario.title} | {codes or 'n/a'} | {inspections or 'none'} "
-            f"| {r.cpu_us_per_request():.0f} us | {_mib(r.rss_peak_kib())} "
-            f"| {errs_d} / {errs_p} | {bad_d} / {bad_p} |"
+            f"| {LABELS[side]} | {_num(results.median('latency', 'a', side, _rps))} "
+            f"| {_lat(results.median('latency', 'a', side, _p50))} "
+            f"| {_lat(results.median('latency', 'a', side, _p99))} | {added} |"
         )
+
+    if any(results.get("workers", c.key, TG2W) for c in cases):
+        lines += [
+            "",
+            f"### `--workers 2` vs 1 worker, both pinned to {setup['wide_cpus']} "
+            f"(wrk and the upstream share {setup['load_cpus']}), {setup['connections']} "
+            "connections",
+            "",
+        ]
+        lines += _table_head(cpus)
+        for case in cases:
+            if not results.get("workers", case.key, TG2W):
+                continue
+            lines += [f"| *{case.title}* | | | | | | | | | |"]
+            lines += _side_rows(results, "workers", case.key, (TG1W, TG2W), cpus)
+            lines.append(_ratio_row(results, "workers", case.key, TG2W, TG1W))
+
     lines += [
         "",
-        f"tunnelguard memory: VmRSS {_mib(rss['idle_kib'])} idle after start-up, "
-        f"max sampled VmRSS under load {_mib(rss['sampled_peak_kib'])}, "
-        f"**peak RSS (VmHWM) {_mib(rss['hwm_kib'])}**.",
+        "### memory (each proxy: VmRSS summed over its processes)",
+        "",
+        "| proxy | processes | RSS idle (after start) | RSS peak (sampled under load) "
+        "| VmHWM (at the end) |",
+        "|---|--:|--:|--:|--:|",
     ]
+    for side, mem in memory.items():
+        lines.append(
+            f"| {LABELS.get(side, side)} | {mem['processes']} | {_mib(mem['idle_kib'])} "
+            f"| {_mib(mem['peak_kib'])} | {_mib(mem['hwm_kib'])} |"
+        )
+
+    lines += [
+        "",
+        f"### targets (issue 9; from the medians of this run's {setup['repeat']} repeat(s))",
+        "",
+        "| target | measured | target | naive aiohttp proxy (reference) | verdict |",
+        "|---|--:|--:|--:|---|",
+    ]
+    for row in targets:
+        limit = _fmt_target(row["limit"], row["unit"])
+        lines.append(
+            f"| {row['target']} | {_fmt_target(row['measured'], row['unit'])} "
+            f"| {'>=' if row['at_least'] else '<='} {limit} | {row['reference_naive_proxy']} "
+            f"| **{row['verdict']}** |"
+        )
+    if setup["repeat"] < 3:
+        lines += ["", "(targets are defined on medians of 3 repeats: this run is a quick look)"]
     return "\n".join(lines)
 
 
@@ -831,26 +731,29 @@ def render(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark a fast upstream direct vs through tunnelguard (see bench/README.md)."
+        description="Benchmark tunnelguard against nginx and HAProxy (see bench/README.md)."
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (10)")
-    parser.add_argument("--repeat", type=int, default=3, help="measurements per side (3)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds per side (1; 0=off)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (32)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
-    parser.add_argument("--upstream-kind", choices=("auto", "nginx", "aiohttp"), default="auto")
-    parser.add_argument("--loadgen", choices=("auto", "wrk", "aiohttp"), default="auto")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per cell (3)")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds per cell (1; 0=off)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--proxy-cpu", type=int, help="CPU for the proxies (first allowed CPU)")
+    parser.add_argument("--load-cpu", type=int, help="CPU for wrk + upstream (last allowed CPU)")
+    parser.add_argument(
+        "--haproxy-bufsize",
+        type=int,
+        default=HAPROXY_BUFSIZE,
+        help=f"HAProxy tune.bufsize ({HAPROXY_BUFSIZE}: res.body sees the whole 16 KiB body; "
+        "16384, HAProxy's default, sees about 16000 B of it)",
+    )
+    parser.add_argument("--no-workers", action="store_true", help="skip the --workers 2 section")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
-        "--keep-temp",
-        action="store_true",
-        help="keep the temp dir (configs, proxy log) for debugging",
+        "--keep-temp", action="store_true", help="keep the temp dir (configs, logs) to debug"
     )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", type=Path, help="write results here (default bench/results/...)")
     out.add_argument("--no-json", action="store_true", help="do not write a JSON file")
-    parser.add_argument("--serve-upstream", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 3600:
         parser.error("--duration must be 1..3600 seconds")
@@ -858,147 +761,225 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--repeat must be 1..100")
     if not 0 <= args.warmup <= 60:
         parser.error("--warmup must be 0..60 seconds")
-    if not 1 <= args.connections <= 4096 or not 1 <= args.threads <= args.connections:
-        parser.error("need 1 <= --threads <= --connections <= 4096")
+    if not 1 <= args.connections <= 4096:
+        parser.error("--connections must be 1..4096")
+    if not 1024 <= args.haproxy_bufsize <= 1 << 20:
+        parser.error("--haproxy-bufsize must be 1024..1048576")
     return args
 
 
-def choose_upstream(args: argparse.Namespace, tmp: Path, www: Path, procs: Processes) -> Upstream:
-    if args.upstream_kind == "aiohttp":
-        return start_fallback_upstream(tmp, www, procs, "requested with --upstream-kind aiohttp")
-    nginx = ensure_tool("nginx", ("nginx-light", "nginx"), not args.no_install)
-    if nginx is None:
-        reason = "nginx is not installed and could not be installed"
-    else:
-        started = start_nginx(nginx, tmp, www, procs)
-        if started is not None:
-            return started
-        reason = "nginx failed to start"
-    if args.upstream_kind == "nginx":
-        raise RuntimeError(reason)
-    say(f"# {reason}: falling back to an aiohttp upstream")
-    return start_fallback_upstream(tmp, www, procs, reason)
+def require(binary: str, packages: Sequence[str], allow_install: bool) -> str:
+    found = ensure_tool(binary, packages, allow_install)
+    if found is None:
+        hint = "" if allow_install else " (and --no-install was given)"
+        raise RuntimeError(
+            f"{binary} is missing and could not be installed{hint}: "
+            f"apt-get install {' '.join(packages[:1])}"
+        )
+    return found
 
 
-def choose_loadgen(args: argparse.Namespace) -> LoadGen:
-    wrk = None
-    if args.loadgen != "aiohttp":
-        wrk = ensure_tool("wrk", ("wrk",), not args.no_install)
-    if wrk is not None:
-        version = tool_version([wrk, "--version"]).split("[")[0].strip()
-        return LoadGen("wrk", wrk, args.connections, args.threads, version)
-    if args.loadgen == "wrk":
-        raise RuntimeError("wrk is not installed and could not be installed")
-    import aiohttp
+def choose_layout(args: argparse.Namespace) -> tuple[Layout, list[str]]:
+    notes: list[str] = []
+    allowed = sorted(os.sched_getaffinity(0))
+    taskset = ensure_tool("taskset", ("util-linux",), not args.no_install)
+    proxy_cpu = args.proxy_cpu if args.proxy_cpu is not None else allowed[0]
+    load_cpu = args.load_cpu if args.load_cpu is not None else allowed[-1]
+    if taskset is None or len(allowed) < 2 or proxy_cpu == load_cpu:
+        reason = "taskset is missing" if taskset is None else "fewer than 2 CPUs available"
+        notes.append(f"NOT PINNED ({reason}): every process shares every CPU")
+        return Layout(None, (), (), ()), notes
+    for cpu in (proxy_cpu, load_cpu):
+        if cpu not in allowed:
+            raise RuntimeError(f"CPU {cpu} is not allowed here (allowed: {allowed})")
+    wide = (proxy_cpu, load_cpu)
+    if len(allowed) > 2:
+        notes.append(f"{len(allowed)} CPUs allowed; only CPUs {proxy_cpu} and {load_cpu} used")
+    return Layout(taskset, (proxy_cpu,), (load_cpu,), wide), notes
 
-    note = (
-        "FALLBACK load generator (in-process aiohttp client, not wrk): it shares the CPUs and is "
-        "itself the bottleneck, so absolute numbers are much lower than with wrk"
-    )
-    return LoadGen("aiohttp", None, args.connections, 1, f"aiohttp {aiohttp.__version__}", note)
+
+def plan(cases: Sequence[Scenario], connections: int, workers: bool) -> list[Cell]:
+    cells = [
+        Cell("load", case, side, connections)
+        for case in cases
+        for side in (DIRECT, NGINX, HAPROXY, TG)
+    ]
+    cells += [Cell("latency", cases[0], side, 1) for side in (DIRECT, NGINX, HAPROXY, TG)]
+    if workers:
+        cells += [
+            Cell("workers", case, side, connections)
+            for case in cases
+            if case.key in ("a", "b")
+            for side in (TG1W, TG2W)
+        ]
+    return cells
+
+
+def _rotated(cells: Sequence[Cell], rep: int) -> list[Cell]:
+    """Cells of a repeat: groups (same section and body) kept together, the order of the sides
+    within each group rotated by the repeat, so no side always runs first or last."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.section, cell.scenario.key), []).append(cell)
+    out: list[Cell] = []
+    for group in groups.values():
+        shift = rep % len(group)
+        out += group[shift:] + group[:shift]
+    return out
 
 
 def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str, Any]:
+    allow = not args.no_install
+    nginx = require("nginx", ("nginx-light", "nginx"), allow)
+    haproxy = require("haproxy", ("haproxy",), allow)
+    wrk_path = require("wrk", ("wrk",), allow)
+    layout, notes = choose_layout(args)
+    if layout.taskset is not None:
+        # this script (RSS sampling, /metrics scrapes) stays off the proxies' CPU
+        os.sched_setaffinity(0, set(layout.load_cpus))
+    wrk = Wrk(wrk_path, tool_version([wrk_path, "--version"]).split("[")[0].strip(), layout)
+
     cases = scenarios()
     www = write_site(tmp, cases)
-    upstream = choose_upstream(args, tmp, www, procs)
-    gen = choose_loadgen(args)
-    say(f"# upstream: {upstream.kind} at {upstream.url} ({upstream.version})")
-    proxy = start_proxy(upstream.url, tmp, procs)
-    pid = proxy.proc.pid
-    say(f"# tunnelguard pid {pid} at {proxy.url} (admin {proxy.admin_url})")
+    upstream = start_upstream(nginx, tmp, www, procs, layout, layout.load_cpus)
+    servers: dict[str, Server] = {DIRECT: upstream}
+    servers[NGINX] = start_nginx_proxy(nginx, tmp, upstream, procs, layout, layout.proxy_cpus)
+    servers[HAPROXY] = start_haproxy(
+        haproxy, tmp, upstream, procs, layout, layout.proxy_cpus, args.haproxy_bufsize
+    )
+    servers[TG] = start_tunnelguard(TG, LABELS[TG], tmp, upstream, procs, layout, layout.proxy_cpus)
+    if not args.no_workers:
+        wide = layout.wide_cpus
+        servers[TG1W] = start_tunnelguard(TG1W, LABELS[TG1W], tmp, upstream, procs, layout, wide)
+        servers[TG2W] = start_tunnelguard(
+            TG2W, LABELS[TG2W], tmp, upstream, procs, layout, wide, workers=2
+        )
+    for side, server in servers.items():
+        pids = server.pids
+        server.idle_rss_kib = sum_kib(pids, "VmRSS") if side != DIRECT else None
+        say(
+            f"# {server.label}: {server.url}, pids {pids}, "
+            f"affinity {'; '.join(affinity(p) for p in pids)}"
+        )
 
-    failures = verify(cases, upstream.url, proxy.url)
+    failures = verify(cases, servers)
     if failures:
         raise RuntimeError("verification failed: " + "; ".join(failures))
-    idle_kib = proc_status_kib(pid, "VmRSS")
+    say("# verified: every side answers the expected status; every 200 is the file, byte-exact")
 
-    results = [ScenarioResult(case) for case in cases]
-    total = len(cases) * args.repeat * 2
-    done = 0
-    for result in results:
-        case = result.scenario
-        if args.warmup:
-            for base in (upstream.url, proxy.url):
-                run_load(gen, base + case.path, args.warmup, procs)
-        for rep in range(args.repeat):
-            direct = run_load(gen, upstream.url + case.path, args.duration, procs)
-            result.direct.append(direct)
-            done += 1
-            say(
-                f"# [{done}/{total}] {case.key} direct  #{rep + 1}: {direct.rps:,.0f} req/s, "
-                f"p50 {_ms(direct.p50_ms)}, p99 {_ms(direct.p99_ms)}"
-            )
-            before, cpu0 = scrape_counts(proxy.admin_url), proc_cpu_seconds(pid)
-            with RssSampler(pid).running() as sampler:
-                proxied = run_load(gen, proxy.url + case.path, args.duration, procs)
-            cpu1, after = proc_cpu_seconds(pid), scrape_counts(proxy.admin_url)
-            if proxy.proc.poll() is not None:
-                raise RuntimeError(f"tunnelguard exited with {proxy.proc.returncode} under load")
-            proxied.proxy_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-            proxied.proxy_rss_peak_kib = sampler.peak_kib or None
-            proxied.proxy_codes = {k: v for k, v in (after - before).items() if v > 0}
-            result.proxied.append(proxied)
-            done += 1
-            say(
-                f"# [{done}/{total}] {case.key} proxied #{rep + 1}: {proxied.rps:,.0f} req/s, "
-                f"p50 {_ms(proxied.p50_ms)}, p99 {_ms(proxied.p99_ms)}, "
-                f"RSS peak {_mib(proxied.proxy_rss_peak_kib)}"
-            )
-
-    rss = {
-        "idle_kib": idle_kib,
-        "sampled_peak_kib": max((r.rss_peak_kib() for r in results), default=0) or None,
-        "hwm_kib": proc_status_kib(pid, "VmHWM"),  # read before the proxy is stopped
-    }
-    notes = [n for n in (upstream.note, gen.note) if n]
-    load = (
-        f"{gen.version}, {gen.threads} thread(s), {gen.connections} connections"
-        + (", --latency" if gen.kind == "wrk" else "")
-        + (f", {args.warmup} s warm-up per side" if args.warmup else "")
+    cells = plan(cases, args.connections, not args.no_workers)
+    estimate = len(cells) * (args.warmup + args.repeat * args.duration) * 1.05 + 5
+    say(
+        f"# {len(cells)} cells x {args.repeat} repeat(s) x {args.duration} s "
+        f"(+ {args.warmup} s warm-up each): about {estimate / 60:.1f} min"
     )
+    if args.warmup:
+        for cell in cells:
+            wrk.run(
+                servers[cell.side].url + cell.scenario.path, cell.connections, args.warmup, procs
+            )
+
+    results = Results()
+    total = len(cells) * args.repeat
+    done = 0
+    for rep in range(args.repeat):
+        for cell in _rotated(cells, rep):
+            m = measure(cell, servers, upstream, wrk, args.duration, procs)
+            results.add(cell, m)
+            done += 1
+            proxy = f", proxy CPU {m.proxy_cpu_pct:.0f}%" if m.proxy_cpu_s is not None else ""
+            say(
+                f"# [{done}/{total}] {cell.section} {cell.scenario.key} {cell.side:7} "
+                f"c{cell.connections} #{rep + 1}: {m.rps:,.0f} req/s, p50 {_lat(m.p50_ms)}, "
+                f"p99 {_lat(m.p99_ms)}{proxy}"
+            )
+
+    memory: dict[str, dict[str, Any]] = {}
+    for side, server in servers.items():
+        if side == DIRECT:
+            continue
+        pids = server.pids
+        peak = [
+            m.rss_peak_kib or 0
+            for key, runs in results.runs.items()
+            if key.endswith("/" + side)
+            for m in runs
+        ]
+        memory[side] = {
+            "processes": len(pids),
+            "idle_kib": server.idle_rss_kib,
+            "peak_kib": max(peak, default=0) or None,
+            "hwm_kib": sum_kib(pids, "VmHWM"),  # read before the proxies are stopped
+        }
+
+    targets = evaluate_targets(results)
+    versions = [f"{upstream.version} (upstream and proxy_pass)"]
+    versions += [
+        f"{servers[HAPROXY].version} (tune.bufsize {args.haproxy_bufsize})",
+        wrk.version,
+        servers[TG].version,
+    ]
+    if layout.taskset is not None:
+        layout_text = (
+            f"proxies (nginx proxy_pass: 1 worker; HAProxy: nbthread 1; tunnelguard: 1 worker) "
+            f"pinned to CPU {layout.proxy_cpus[0]}; wrk -t1, the upstream nginx (1 worker) and "
+            f"this script pinned to CPU {layout.load_cpus[0]}; the --workers section pins "
+            f"tunnelguard to CPUs {','.join(map(str, layout.wide_cpus))}"
+        )
+    else:
+        layout_text = "unpinned"
     setup = {
-        "upstream": f"{upstream.kind} ({upstream.version}), fixed files from a temp dir",
-        "load": load,
+        "layout": layout_text,
+        "proxy_cpus": list(layout.proxy_cpus),
+        "load_cpus": "CPU " + ",".join(map(str, layout.load_cpus)),
+        "wide_cpus": "CPUs " + ",".join(map(str, layout.wide_cpus)),
+        "cpus_shown": sorted(set(layout.proxy_cpus) | set(layout.load_cpus)),
+        "load": f"{wrk.version}, -t1, -c{args.connections} (and -c1 for latency), --latency"
+        + (f", {args.warmup} s warm-up per cell" if args.warmup else ""),
+        "connections": args.connections,
         "duration_s": args.duration,
         "repeat": args.repeat,
+        "warmup_s": args.warmup,
+        "haproxy_bufsize": args.haproxy_bufsize,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "tunnelguard": _tunnelguard_version(),
+        "versions": versions,
         "notes": notes,
+        "configs": {
+            server.key: server.config.read_text()
+            for server in servers.values()
+            if server.config is not None
+        },
     }
     return {
-        "table": render(results, setup, rss),
+        "table": render(results, cases, setup, memory, targets),
         "setup": setup,
-        "rss": rss,
-        "scenarios": [
+        "memory": memory,
+        "targets": targets,
+        "cells": [
             {
-                "key": r.scenario.key,
-                "title": r.scenario.title,
-                "body_bytes": len(r.scenario.body),
-                "content_type": r.scenario.content_type,
-                "proxied_status": r.scenario.proxied_status,
+                "section": cell.section,
+                "scenario": cell.scenario.key,
+                "title": cell.scenario.title,
+                "side": cell.side,
+                "connections": cell.connections,
                 "median": {
-                    side: {a: r.median(side, a) for a in ("rps", "p50_ms", "p99_ms")}
-                    for side in ("direct", "proxied")
+                    name: results.median(cell.section, cell.scenario.key, cell.side, fn)
+                    for name, fn in (("rps", _rps), ("p50_ms", _p50), ("p99_ms", _p99))
                 },
-                "ratio": {a: r.ratio(a) for a in ("rps", "p50_ms", "p99_ms")},
-                "proxy_cpu_us_per_request": r.cpu_us_per_request(),
-                "direct": [asdict(m) for m in r.direct],
-                "proxied": [asdict(m) for m in r.proxied],
+                "runs": [
+                    dict(
+                        asdict(m),
+                        proxy_cpu_pct=m.proxy_cpu_pct,
+                        proxy_us_per_request=m.proxy_us_per_request,
+                        upstream_cpu_pct=m.upstream_cpu_pct,
+                    )
+                    for m in results.get(cell.section, cell.scenario.key, cell.side)
+                ],
             }
-            for r in results
+            for cell in cells
         ],
     }
-
-
-def _tunnelguard_version() -> str:
-    try:
-        text = (ROOT / "proxy" / "__init__.py").read_text()
-    except OSError:
-        return "?"
-    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
-    return match.group(1) if match else "?"
 
 
 def _finite(value: Any) -> Any:
@@ -1018,11 +999,6 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.serve_upstream is not None:
-        if args.serve_port is None:
-            raise SystemExit("--serve-upstream needs --serve-port")
-        serve_upstream(args.serve_upstream, args.serve_port)
-        return 0
     signal.signal(signal.SIGTERM, _on_sigterm)
     procs = Processes()
     tmp = Path(tempfile.mkdtemp(prefix="tunnelguard-bench-"))
