@@ -204,7 +204,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Exit 0 when explained (match or not); 2 for bad usage, config or body file."""
-    from .explain import explain, render, to_json
+    from .explain import explain
+    from .explainrender import render, to_json
 
     try:
         config = load_file(args.config)

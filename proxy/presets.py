@@ -5,7 +5,9 @@ error and which honest status it stands for.  Top-level arrays (JSON-RPC batches
 the caller (SPEC 4.1), so a preset handed anything but an object finds nothing.
 
 Every table is built at import or at `build_preset` time; `evaluate` only does lookups, and
-never raises on any JSON value: a value of the wrong type is treated as absent.
+never raises on any JSON value: a value of the wrong type is treated as absent.  The status
+tables (read-only), `classify_row` and `envelope_message` are public for `ruletrace`, which
+explains a preset's verdict from the very tables and lookups the preset uses.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ PRESET_NAMES: tuple[str, ...] = ("slack", "graphql", "jsonrpc", "error-envelope"
 GRAPHQL_RESPONSE_JSON: Final = "application/graphql-response+json"
 """The GraphQL-over-HTTP media type; only replies of this type are rewritten."""
 
-_FALLBACK: Final = 502
+FALLBACK_STATUS: Final = 502
 """Status for an error the tables cannot place: the upstream failed, we do not know how."""
 
 
@@ -82,18 +84,33 @@ _CLASSIFIER: Final[tuple[tuple[tuple[str, ...], int], ...]] = (
 )
 
 
-def classify(message: str) -> int | None:
-    """The SPEC 4.4 keyword classifier: the status for an error message, or None.
+@dataclass(frozen=True, slots=True)
+class KeywordHit:
+    """The classifier row that placed a message: the `keyword` found, the whole `row`."""
+
+    keyword: str
+    row: tuple[str, ...]
+    status: int
+
+
+def classify_row(message: str) -> KeywordHit | None:
+    """The SPEC 4.4 keyword classifier, saying which keyword of which row matched.
 
     Case-insensitive substring search after `_` and `-` are read as spaces (so `RATE_LIMITED`
-    reads "rate limited"); the first matching row wins.
+    reads "rate limited"); the first matching row wins.  None: no row matches.
     """
     text = message.lower().replace("_", " ").replace("-", " ")
     for keywords, status in _CLASSIFIER:
         for keyword in keywords:
             if keyword in text:
-                return status
+                return KeywordHit(keyword, keywords, status)
     return None
+
+
+def classify(message: str) -> int | None:
+    """The SPEC 4.4 keyword classifier: the status for an error message, or None."""
+    hit = classify_row(message)
+    return None if hit is None else hit.status
 
 
 def _classify_any(message: str | None) -> int | None:
@@ -102,7 +119,7 @@ def _classify_any(message: str | None) -> int | None:
 
 # --- slack --------------------------------------------------------------------------------
 
-_SLACK_STATUS: Final[Mapping[str, int]] = MappingProxyType(
+SLACK_STATUS: Final[Mapping[str, int]] = MappingProxyType(
     {
         "invalid_auth": 401,
         "not_authed": 401,
@@ -137,14 +154,14 @@ class SlackPreset:
             return None
         error = doc.get("error")
         if not isinstance(error, str):
-            return Hit(_FALLBACK, False, None)
-        return Hit(_SLACK_STATUS.get(error, _FALLBACK), False, error)
+            return Hit(FALLBACK_STATUS, False, None)
+        return Hit(SLACK_STATUS.get(error, FALLBACK_STATUS), False, error)
 
 
 # --- graphql ------------------------------------------------------------------------------
 
 # Case-sensitive: these are the codes servers emit (Apollo, Hasura, GitHub, Shopify).
-_GRAPHQL_STATUS: Final[Mapping[str, int]] = MappingProxyType(
+GRAPHQL_STATUS: Final[Mapping[str, int]] = MappingProxyType(
     {
         "UNAUTHENTICATED": 401,
         "invalid-jwt": 401,
@@ -197,7 +214,7 @@ class GraphQLPreset:
             return None
         first = errors[0]
         code = _graphql_code(first)
-        status = _FALLBACK if code is None else _GRAPHQL_STATUS.get(code, _FALLBACK)
+        status = FALLBACK_STATUS if code is None else GRAPHQL_STATUS.get(code, FALLBACK_STATUS)
         message = first.get("message") if isinstance(first, dict) else None
         if not isinstance(message, str):
             message = code
@@ -207,7 +224,7 @@ class GraphQLPreset:
 
 # --- jsonrpc ------------------------------------------------------------------------------
 
-_JSONRPC_STATUS: Final[Mapping[int, int]] = MappingProxyType(
+JSONRPC_STATUS: Final[Mapping[int, int]] = MappingProxyType(
     {
         -32700: 400,  # parse error
         -32600: 400,  # invalid request
@@ -216,8 +233,8 @@ _JSONRPC_STATUS: Final[Mapping[int, int]] = MappingProxyType(
         -32603: 500,  # internal error
     }
 )
-_SERVER_ERROR_MIN: Final = -32099
-_SERVER_ERROR_MAX: Final = -32000
+JSONRPC_SERVER_ERROR_MIN: Final = -32099
+JSONRPC_SERVER_ERROR_MAX: Final = -32000
 """JSON-RPC 2.0 reserves -32099..-32000 for implementation-defined server errors."""
 
 _NO_CODES: Final[Mapping[int, int]] = MappingProxyType({})
@@ -249,17 +266,18 @@ class JsonRpcPreset:
         message = raw if isinstance(raw, str) else str(code)
         status = self.codes.get(code)
         if status is None:
-            status = _JSONRPC_STATUS.get(code)
+            status = JSONRPC_STATUS.get(code)
         if status is None:
             status = _classify_any(raw if isinstance(raw, str) else None)
         if status is None:
-            status = 500 if _SERVER_ERROR_MIN <= code <= _SERVER_ERROR_MAX else _FALLBACK
+            server_error = JSONRPC_SERVER_ERROR_MIN <= code <= JSONRPC_SERVER_ERROR_MAX
+            status = 500 if server_error else FALLBACK_STATUS
         return Hit(status, False, message)
 
 
 # --- error-envelope -----------------------------------------------------------------------
 
-_ENVELOPE_STATUSES: Final = frozenset({"error", "fail", "failure"})
+ENVELOPE_STATUSES: Final = frozenset({"error", "fail", "failure"})
 _ERROR_FIELDS: Final = ("message", "info", "code")
 _TOP_FIELDS: Final = ("message", "error_message")
 
@@ -268,28 +286,32 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _first_text(obj: dict[object, object], keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        found = _text(obj.get(key))
-        if found is not None:
-            return found
-    return None
+def envelope_message(doc: object) -> tuple[str, str] | None:
+    """The SPEC 4.4 message chain of an envelope: the first non-empty string found, and the
+    JSON pointer it was found at; None when there is none or `doc` is not an object.
 
-
-def _envelope_message(doc: dict[object, object], error: object) -> str | None:
-    """The SPEC 4.4 message chain; the first non-empty string found wins."""
+    The error-envelope preset's `Hit.message` is exactly this message.
+    """
+    if not isinstance(doc, dict):
+        return None
+    error = doc.get("error")
     if isinstance(error, str):
         if error:
-            return error
+            return error, "/error"
     elif isinstance(error, dict):
-        found = _first_text(error, _ERROR_FIELDS)
-        if found is not None:
-            return found
+        for key in _ERROR_FIELDS:
+            found = _text(error.get(key))
+            if found is not None:
+                return found, f"/error/{key}"
     elif isinstance(error, list) and error and isinstance(error[0], dict):
         found = _text(error[0].get("message"))
         if found is not None:
-            return found
-    return _first_text(doc, _TOP_FIELDS)
+            return found, "/error/0/message"
+    for key in _TOP_FIELDS:
+        found = _text(doc.get(key))
+        if found is not None:
+            return found, f"/{key}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,14 +330,15 @@ class ErrorEnvelopePreset:
             return None
         error = doc.get("error")
         status_field = doc.get("status")
-        is_status = isinstance(status_field, str) and status_field in _ENVELOPE_STATUSES
+        is_status = isinstance(status_field, str) and status_field in ENVELOPE_STATUSES
         has_error = isinstance(error, str | dict | list) and len(error) > 0
         if not (has_error or is_status or doc.get("success") is False):
             return None
-        message = _envelope_message(doc, error)
+        found = envelope_message(doc)
+        message = None if found is None else found[0]
         status = _classify_any(message)
         if status is None:
-            status = 400 if status_field == "fail" else _FALLBACK
+            status = 400 if status_field == "fail" else FALLBACK_STATUS
         return Hit(status, False, message)
 
 

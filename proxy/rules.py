@@ -88,7 +88,7 @@ def text_form(value: object) -> str | None:
 _NUMERIC_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
-def _number(value: object) -> int | float | None:
+def json_number(value: object) -> int | float | None:
     """A JSON number, or a string holding one (`"-32005"`, `"1.5"`; leading zeros allowed).
 
     Integers stay exact (a float would round codes beyond 2**53).  Python's own `float()`
@@ -122,10 +122,11 @@ def compile_when(when: When) -> Predicate:
     if isinstance(when, Not):
         inner = compile_when(when.item)
         return lambda doc: not inner(doc)
-    return _compile_condition(when)
+    return compile_condition(when)
 
 
-def _compile_condition(cond: Condition) -> Predicate:
+def compile_condition(cond: Condition) -> Predicate:
+    """One leaf condition as a predicate over a JSON document."""
     ptr = compile_pointer(cond.path)
     if cond.op == "exists":
         return _exists(ptr) if cond.value else _negate(_exists(ptr))
@@ -176,7 +177,9 @@ def _negate(test: Predicate) -> Predicate:
 
 
 @dataclass(frozen=True, slots=True)
-class _StatusMap:
+class StatusMap:
+    """A user rule's compiled `status`: fixed, or looked up from the value at `source`."""
+
     fixed: int | None
     source: Pointer | None
     table: Mapping[str, int]
@@ -191,7 +194,7 @@ class _StatusMap:
         text = text_form(value) if value is not MISSING else None
         if text is not None and text in self.table:
             return self.table[text], text
-        number = _number(value) if self.ranges else None
+        number = json_number(value) if self.ranges else None
         if number is not None:
             for low, high, status in self.ranges:
                 if low <= number <= high:
@@ -199,8 +202,8 @@ class _StatusMap:
         return self.default, text
 
 
-def _compile_status(spec: StatusSpec) -> _StatusMap:
-    return _StatusMap(
+def _compile_status(spec: StatusSpec) -> StatusMap:
+    return StatusMap(
         fixed=spec.fixed,
         source=compile_pointer(spec.source) if spec.source is not None else None,
         table=dict(spec.map),
@@ -210,10 +213,12 @@ def _compile_status(spec: StatusSpec) -> _StatusMap:
 
 
 @dataclass(frozen=True, slots=True)
-class _UserRule:
+class UserRule:
+    """A compiled user rule; `match` gives its verdict on one JSON value, or None."""
+
     name: str
     when: Predicate
-    status: _StatusMap
+    status: StatusMap
     action: str
     body: str
     retry_after_from: Pointer | None
@@ -224,14 +229,16 @@ class _UserRule:
         status, text = self.status.resolve(doc)
         retry_after = None
         if self.retry_after_from is not None:
-            seconds = _number(self.retry_after_from.first(doc))
+            seconds = json_number(self.retry_after_from.first(doc))
             if seconds is not None and seconds >= 0:
                 retry_after = math.ceil(seconds)
         return Verdict(self.name, status, self.action, self.body, retry_after, text)
 
 
 @dataclass(frozen=True, slots=True)
-class _PresetRule:
+class PresetRule:
+    """A compiled preset in a route's rule list; `match` gives its verdict, or None."""
+
     name: str
     preset: Preset
     action: str | None  # the override; None = the preset's own choice
@@ -246,14 +253,15 @@ class _PresetRule:
         return Verdict(self.name, hit.status, action, "keep", None, hit.message)
 
 
-_Rule = _UserRule | _PresetRule
+Rule = UserRule | PresetRule
+"""A compiled rule of either kind, as held in `RuleSet.rules`."""
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     """The rules of one route, in order; the first match wins."""
 
-    rules: tuple[_Rule, ...]
+    rules: tuple[Rule, ...]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -293,8 +301,8 @@ class RuleSet:
         )
 
 
-def compile_rule(rule: RuleConfig, action: str | None = None) -> _UserRule:
-    return _UserRule(
+def compile_rule(rule: RuleConfig, action: str | None = None) -> UserRule:
+    return UserRule(
         name=rule.name,
         when=compile_when(rule.when),
         status=_compile_status(rule.status),
@@ -315,106 +323,13 @@ def compile_ruleset(
 ) -> RuleSet:
     """Compile rule and preset `names`, in order; `action` overrides every rule's action."""
     by_name = {r.name: r for r in rules}
-    compiled: list[_Rule] = []
+    compiled: list[Rule] = []
     for name in names:
         if name in by_name:
             compiled.append(compile_rule(by_name[name], action))
         elif name in PRESET_NAMES:
             preset = build_preset(name, jsonrpc_codes if name == "jsonrpc" else None)
-            compiled.append(_PresetRule(name, preset, action))
+            compiled.append(PresetRule(name, preset, action))
         else:
             raise ValueError(f"unknown rule or preset {name!r}")
     return RuleSet(tuple(compiled))
-
-
-# -- tracing, for `tunnelguard explain` ------------------------------------------------------------
-
-_TRACE_FOUND_LIMIT = 20
-"""Values of a `*` pointer kept in a trace: enough to read, bounded for huge arrays."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConditionTrace:
-    """One node of a `when` tree evaluated against one document.
-
-    `op` is all | any | not, or a leaf test (exists | equals | in | matches | nonempty) with
-    its `path`, its operand `expected`, and `found`: the first values the pointer reached, in
-    document order (empty: it reached nothing); `found_count` counts them all.
-    """
-
-    op: str
-    held: bool
-    path: str | None = None
-    expected: object = None
-    found: tuple[object, ...] = ()
-    found_count: int = 0
-    children: tuple[ConditionTrace, ...] = ()
-
-
-def trace_when(when: When, doc: object) -> ConditionTrace:
-    """Evaluate `when` against `doc` as `compile_when` does, recording every node.
-
-    Every node is evaluated (no short-circuit), so each condition can be shown; a leaf's
-    `held` comes from the very predicate `compile_when` builds, and all/any/not combine
-    their children as the compiled tree does, so the root's `held` is the rule's answer.
-    """
-    if isinstance(when, AllOf):
-        children = tuple(trace_when(w, doc) for w in when.items)
-        return ConditionTrace("all", all(c.held for c in children), children=children)
-    if isinstance(when, AnyOf):
-        children = tuple(trace_when(w, doc) for w in when.items)
-        return ConditionTrace("any", any(c.held for c in children), children=children)
-    if isinstance(when, Not):
-        child = trace_when(when.item, doc)
-        return ConditionTrace("not", not child.held, children=(child,))
-    found = list(compile_pointer(when.path).find(doc))
-    return ConditionTrace(
-        when.op,
-        _compile_condition(when)(doc),
-        when.path,
-        when.value,
-        tuple(found[:_TRACE_FOUND_LIMIT]),
-        len(found),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class StatusTrace:
-    """How a matching user rule's status (and Retry-After seconds) were found.
-
-    `step` is fixed | map | range | default; `found` is the value at `source` (the `from`
-    pointer), or MISSING; `retry_found` the value at `retry_after_from`, or MISSING.
-    """
-
-    status: int
-    step: str
-    source: str | None = None
-    found: object = MISSING
-    text: str | None = None
-    retry_after_from: str | None = None
-    retry_found: object = MISSING
-    retry_after: int | None = None
-
-
-def trace_status(rule: _UserRule, doc: object) -> StatusTrace:
-    """Re-derive what `rule.match` decides about a document its `when` holds for."""
-    spec = rule.status
-    retry_from = rule.retry_after_from
-    retry_found = retry_from.first(doc) if retry_from is not None else MISSING
-    seconds = _number(retry_found) if retry_found is not MISSING else None
-    retry = math.ceil(seconds) if seconds is not None and seconds >= 0 else None
-    retry_text = retry_from.text if retry_from is not None else None
-    if spec.fixed is not None or spec.source is None:
-        status = spec.fixed or spec.default
-        return StatusTrace(status, "fixed", None, MISSING, None, retry_text, retry_found, retry)
-    found = spec.source.first(doc)
-    text = text_form(found) if found is not MISSING else None
-    step, status = "default", spec.default
-    if text is not None and text in spec.table:
-        step, status = "map", spec.table[text]
-    elif spec.ranges and (number := _number(found)) is not None:
-        for low, high, mapped in spec.ranges:
-            if low <= number <= high:
-                step, status = "range", mapped
-                break
-    return StatusTrace(status, step, spec.source.text, found, text, retry_text, retry_found, retry)

@@ -8,17 +8,28 @@ the proxy does, so the presets see exactly what they see in production.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import orjson
 import pytest
 
+from proxy.pointer import compile_pointer
 from proxy.presets import (
+    ENVELOPE_STATUSES,
+    FALLBACK_STATUS,
+    GRAPHQL_STATUS,
+    JSONRPC_SERVER_ERROR_MAX,
+    JSONRPC_SERVER_ERROR_MIN,
+    JSONRPC_STATUS,
     PRESET_NAMES,
+    SLACK_STATUS,
     Hit,
     Preset,
     build_preset,
     classify,
+    classify_row,
+    envelope_message,
 )
 
 GQL = "application/graphql-response+json"
@@ -971,3 +982,97 @@ def test_other_presets_ignore_jsonrpc_codes() -> None:
     assert build_preset("slack", {-32005: 503}).evaluate(body, JSON) == Hit(
         429, False, "ratelimited"
     )
+
+
+# --- the public API for tracing (`proxy.ruletrace`) agrees with `evaluate` ----------------
+
+
+def _words(message: str) -> str:
+    return message.lower().replace("_", " ").replace("-", " ")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [m for m, _ in CLASSIFIER_ROWS + CLASSIFIER_ORDER] + ["", "RATE_LIMITED", "all good"],
+)
+def test_classify_row_agrees_with_classify(message: str) -> None:
+    hit = classify_row(message)
+    assert (None if hit is None else hit.status) == classify(message)
+    if hit is not None:
+        assert hit.keyword in hit.row and hit.keyword in _words(message)
+
+
+@pytest.mark.parametrize(("code", "status"), [*SLACK_STATUS.items(), ("something_new", None)])
+def test_slack_table_agrees_with_evaluate(code: str, status: int | None) -> None:
+    hit = build_preset("slack").evaluate({"ok": False, "error": code}, JSON)
+    assert hit == Hit(FALLBACK_STATUS if status is None else status, False, code)
+
+
+@pytest.mark.parametrize(("code", "status"), [*GRAPHQL_STATUS.items(), ("OTHER", None)])
+def test_graphql_table_agrees_with_evaluate(code: str, status: int | None) -> None:
+    expected = FALLBACK_STATUS if status is None else status
+    for error in ({"extensions": {"code": code}}, {"type": code}):
+        hit = build_preset("graphql").evaluate({"errors": [error]}, GQL)
+        assert hit == Hit(expected, False, code)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [*JSONRPC_STATUS.items(), (JSONRPC_SERVER_ERROR_MIN, 500), (JSONRPC_SERVER_ERROR_MAX, 500),
+     (JSONRPC_SERVER_ERROR_MIN - 1, None), (JSONRPC_SERVER_ERROR_MAX + 1, None)],
+)  # fmt: skip
+def test_jsonrpc_table_and_range_agree_with_evaluate(code: int, status: int | None) -> None:
+    doc = {"jsonrpc": "2.0", "id": 1, "error": {"code": code, "message": "odd"}}
+    hit = build_preset("jsonrpc").evaluate(doc, JSON)
+    assert hit == Hit(FALLBACK_STATUS if status is None else status, False, "odd")
+
+
+@pytest.mark.parametrize("status", sorted(ENVELOPE_STATUSES))
+def test_envelope_statuses_agree_with_evaluate(status: str) -> None:
+    envelope = build_preset("error-envelope")
+    assert envelope.evaluate({"status": status}, JSON) is not None
+    assert envelope.evaluate({"status": status.upper()}, JSON) is None
+
+
+ENVELOPE_MESSAGES = [
+    ({"error": "boom"}, ("boom", "/error")),
+    ({"error": "", "message": "top"}, ("top", "/message")),
+    ({"error": {"info": "i", "code": "c"}}, ("i", "/error/info")),
+    ({"error": {"message": "", "code": "c"}, "message": "top"}, ("c", "/error/code")),
+    ({"error": [{"message": "first"}, {"message": "second"}]}, ("first", "/error/0/message")),
+    ({"error": ["first"], "error_message": "em"}, ("em", "/error_message")),
+    ({"success": False, "message": "m", "error_message": "em"}, ("m", "/message")),
+    ({"success": False, "message": 5}, None),
+    ({"error": {"message": 5}}, None),
+    ({}, None),
+    ([{"error": "in a batch"}], None),
+    ("error", None),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), ENVELOPE_MESSAGES)
+def test_envelope_message_chain(doc: object, expected: tuple[str, str] | None) -> None:
+    assert envelope_message(doc) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [case[1] for case in ENVELOPE_ERRORS]
+    + ENVELOPE_CLEAN
+    + [json.dumps(doc) for doc, _ in ENVELOPE_MESSAGES],
+)
+def test_envelope_message_agrees_with_evaluate(body: str) -> None:
+    doc = _parse(body)
+    hit = build_preset("error-envelope").evaluate(doc, JSON)
+    found = envelope_message(doc)
+    if hit is not None:
+        assert hit.message == (None if found is None else found[0])
+    if found is not None:
+        message, pointer = found
+        assert compile_pointer(pointer).first(doc) == message
+
+
+def test_public_tables_are_read_only() -> None:
+    for table in (SLACK_STATUS, GRAPHQL_STATUS, JSONRPC_STATUS):
+        with pytest.raises(TypeError):
+            table["new"] = 500  # type: ignore[index]
