@@ -300,3 +300,27 @@ def test_expected_header_null_means_absent(tmp_path: Path) -> None:
     assert "test 'flag adds no Proxy-Status' failed" not in check.stderr
     assert "test 'wrong on purpose' failed" in check.stderr
     assert "header tunnelguard-rule: expected absent, got 'slack'" in check.stderr
+
+
+def test_shadow_mode_keeps_the_configs_own_tests_passing(tmp_path: Path) -> None:
+    """Switching a tested config to `action: flag` (report-only rollout) must not make its
+    own tests reject it: a flagged response meets the status it would have had."""
+    tests = (
+        "tests:\n  - name: expired token\n    route: r\n"
+        "    response: {body: {ok: false, error: invalid_auth}}\n"
+        "    expect: {status: 401, rule: slack}\n"
+        "  - name: wrong status stays wrong\n    route: r\n"
+        "    response: {body: {ok: false, error: invalid_auth}}\n"
+        "    expect: {status: 500}\n"
+    )
+    base = "version: 1\nupstreams:\n  u: {url: http://127.0.0.1:1}\n"
+    for action_line, route in (
+        ("", "routes:\n  - {name: r, upstream: u, rules: [slack]}\n"),
+        ("action: flag\n", "routes:\n  - {name: r, upstream: u, rules: [slack]}\n"),
+        ("", "routes:\n  - {name: r, upstream: u, rules: [slack], action: flag}\n"),
+    ):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(base + action_line + route + tests)
+        check = subprocess.run([*PY, "check", str(cfg)], cwd=ROOT, capture_output=True, text=True)
+        assert "test 'expired token' failed" not in check.stderr, (action_line, route)
+        assert "test 'wrong status stays wrong' failed" in check.stderr
