@@ -15,10 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import ClientResponse, ClientSession, HttpVersion11, hdrs, web
+from yarl import URL
 
 from . import headers as h
 from . import inspect as ins
 from . import respond
+from . import websocket as ws
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import trace_context
@@ -109,8 +111,25 @@ class Proxy:
         self._metrics = metrics
         self._log = log
         self._guards: dict[str, UpstreamGuard] = {}
-        self.closing = False  # draining: answer with Connection: close
+        self._draining = asyncio.Event()  # see `closing`
         self.active = 0  # requests being handled now (drain waits for them)
+
+    @property
+    def closing(self) -> bool:
+        """Draining: answers carry `Connection: close` and open WebSocket tunnels close
+        with 1001, so that `active` reaches 0 within the drain timeout."""
+        return self._draining.is_set()
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        if value:
+            self._draining.set()
+        else:
+            self._draining.clear()
+
+    def start_closing(self) -> None:
+        """Start draining (the same as `closing = True`)."""
+        self._draining.set()
 
     def prepare(self, runtime: Runtime) -> None:
         """Create every upstream's state and metric series before the first request."""
@@ -188,6 +207,8 @@ class Proxy:
             new_trace=trace_id not in request.headers.get("traceparent", ""),
         )
         url = target_url(route.base_url, route.upstream_target(request.raw_path))
+        if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
+            return await self._tunnel(request, route, guard, out_headers, url, trace_id, outcome)
         body = RequestBody(None)
         if request.body_exists:
             await _continue(request)
@@ -297,6 +318,62 @@ class Proxy:
         else:
             return None
         return reason if reason in policy.on else None
+
+    # -- WebSocket tunnels -----------------------------------------------------------------
+
+    async def _tunnel(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        guard: UpstreamGuard,
+        headers: h.Headers,
+        url: URL,
+        trace_id: str,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        """Open the upstream WebSocket, then relay until either side closes (see
+        `websocket`).  The handshake is admitted like any request (breaker, concurrency
+        limit) and never retried; an open tunnel holds no concurrency slot.  Counted as
+        101 with class 1xx when it ends; in flight while open."""
+        protocols = ws.offered_protocols(request)
+        if not ws.well_formed(request, protocols):
+            outcome.code = outcome.true_status = 400
+            outcome.source = "proxy"
+            detail = "malformed WebSocket handshake (RFC 6455 4.2.1)"
+            return respond.problem(
+                400, "bad_websocket_handshake", detail, trace_id, closing=self.closing
+            )
+        refusal, wait, probe = self._admit(guard)
+        if refusal is not None:
+            return self._refuse(refusal, route, trace_id, outcome, wait)
+        upstream = route.upstream
+        fallback = route.fallback_retry_after
+        outcome.attempts = 1
+        guard.in_flight += 1
+        try:
+            try:
+                shake = await ws.connect(self._session, upstream, url, headers, protocols)
+            except UpstreamFailure as failed:
+                self._metrics.upstream_failures.labels(upstream.name, failed.failure.kind).inc()
+                if guard.breaker is not None:
+                    guard.breaker.record(True, probe)
+                    probe = False
+                # a GET: always safe to retry, so always with Retry-After
+                return self._failure(failed.failure, route, True, trace_id, outcome, fallback)
+            if guard.breaker is not None:
+                guard.breaker.record(shake.status >= 500, probe)
+                probe = False
+        finally:
+            guard.in_flight -= 1
+            if probe and guard.breaker is not None:
+                guard.breaker.release_probe()
+        outcome.upstream_seconds = shake.seconds
+        self._metrics.observe_upstream(route.name, upstream.name, shake.seconds)
+        outcome.code = outcome.true_status = shake.status
+        if shake.socket is None:  # refused: its status and headers, with an empty body
+            refused = Delivery(shake.status, shake.headers, None)
+            return await respond.send_buffered(request, refused, b"", fallback, self.closing)
+        return await ws.relay(request, shake, self._draining)
 
     # -- inspecting and delivering ---------------------------------------------------------
 
