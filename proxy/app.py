@@ -7,17 +7,19 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 from aiohttp import ClientSession, web
 
 from .admin import build_admin
-from .config import Config, Listen
+from .config import Config
 from .handler import Proxy
+from .listener import ListenSite
 from .logs import Log
 from .metrics import Metrics
 from .reload import Loader, carry_over, try_load, watch
 from .runtime import Runtime, build
+from .server import Accounting, GuardedServer
 from .upstream import new_session
 
 _CANCEL_GRACE = 1.0  # seconds a request cancelled at the end of a drain gets to unwind
@@ -65,8 +67,10 @@ class TunnelGuard:
         self._session = new_session()
         proxy = self._proxy = Proxy(lambda: self.runtime, self._session, self.metrics, self.log)
         proxy.prepare(self.runtime)
-        server = web.Server(
+        server = GuardedServer(  # client-side limits and request framing (SPEC 4.7, 7)
             proxy.handle,
+            limits=config.server,
+            accounting=Accounting(self.metrics, self.log),
             handler_cancellation=True,  # a client that hangs up cancels its upstream call
             keepalive_timeout=config.server.keepalive_timeout,
             auto_decompress=False,  # request bodies are forwarded as sent
@@ -75,15 +79,19 @@ class TunnelGuard:
         # drain() waits for in-flight requests itself (up to drain.timeout); the runner's
         # own wait only cancels what is left after that
         self._proxy_runner = web.ServerRunner(server, shutdown_timeout=_CANCEL_GRACE)
+        # at max_connections the site stops accepting: the rest wait in the listen backlog
         self.proxy_address = await self._listen(
-            self._proxy_runner, config.listen, self._listen_socket
+            self._proxy_runner,
+            lambda r: ListenSite(r, config.listen, server.gate, sock=self._listen_socket),
         )
         if not self._admin:
             self.log.event("worker_startup", pid=os.getpid(), listen=url_of(self.proxy_address))
             return
         admin = build_admin(self.metrics.registry, lambda: self.config, self.ready)
+        listen = config.admin_listen
         self.admin_address = await self._listen(
-            web.AppRunner(admin, access_log=None), config.admin_listen
+            web.AppRunner(admin, access_log=None),
+            lambda r: web.TCPSite(r, listen.host, listen.port, backlog=1024),
         )
         self.log.event(
             "startup",
@@ -95,16 +103,11 @@ class TunnelGuard:
         )
 
     async def _listen(
-        self, runner: web.BaseRunner, listen: Listen, sock: socket.socket | None = None
+        self, runner: web.BaseRunner, site: Callable[[web.BaseRunner], web.BaseSite]
     ) -> tuple[str, int]:
         await runner.setup()
         self._runners.append(runner)
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
-        await site.start()
+        await site(runner).start()
         address = runner.addresses[-1]
         return str(address[0]), int(address[1])
 

@@ -28,6 +28,7 @@ from .resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
 from .rewrite import Delivery, apply_verdict
 from .rules import Verdict
 from .runtime import Route, Runtime
+from .server import refused_status
 from .upstream import (
     FAILURE_KINDS,
     OVERLOADED,
@@ -178,8 +179,8 @@ class Proxy:
         try:
             return await self._proxy(request, route, runtime, trace_id, traceparent, outcome)
         except asyncio.CancelledError:
-            if not outcome.code:  # the client hung up before any answer (nginx's 499)
-                outcome.code = outcome.true_status = CLIENT_CLOSED
+            if not outcome.code:  # the server layer refused it, or the client hung up (499)
+                outcome.code = outcome.true_status = refused_status(request) or CLIENT_CLOSED
                 outcome.source = "proxy"
             raise
         finally:
