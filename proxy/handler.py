@@ -207,6 +207,8 @@ class Proxy:
             traceparent=traceparent,
             new_trace=trace_id not in request.headers.get("traceparent", ""),
         )
+        if route.authorization is not None and hdrs.AUTHORIZATION not in request.headers:
+            out_headers.append(("Authorization", route.authorization))
         url = target_url(route.base_url, route.upstream_target(request.raw_path))
         if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
             return await self._tunnel(request, route, guard, out_headers, url, trace_id, outcome)

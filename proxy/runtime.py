@@ -6,6 +6,7 @@ keeps the snapshot it started with (SPEC 4.6).
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 
@@ -23,8 +24,9 @@ class Route:
     host: str | None
     strip_prefix: bool
     upstream: UpstreamConfig
-    base_url: str  # upstream URL without a trailing slash
+    base_url: str  # upstream URL without userinfo and without a trailing slash
     upstream_host: str | None  # Host to send when preserve_host is false
+    authorization: str | None  # from the upstream URL's userinfo; the client's own wins
     rules: RuleSet
     fallback_retry_after: int
 
@@ -82,8 +84,9 @@ def _route(route: RouteConfig, config: Config) -> Route:
         host=route.match.host,
         strip_prefix=route.strip_prefix,
         upstream=upstream,
-        base_url=upstream.url.rstrip("/"),
+        base_url=str(url.with_user(None)).rstrip("/") if url.user else upstream.url.rstrip("/"),
         upstream_host=None if upstream.preserve_host else authority,
+        authorization=_basic_auth(url),
         rules=compile_ruleset(
             route.rules,
             config.rules,
@@ -92,6 +95,14 @@ def _route(route: RouteConfig, config: Config) -> Route:
         ),
         fallback_retry_after=max(1, math.ceil(upstream.retry_after)),
     )
+
+
+def _basic_auth(url: URL) -> str | None:
+    """`http://user:pass@host` means: authenticate to the upstream with Basic auth."""
+    if url.user is None:
+        return None
+    credentials = f"{url.user}:{url.password or ''}".encode()
+    return "Basic " + base64.b64encode(credentials).decode("ascii")  # RFC 7617
 
 
 def build(config: Config) -> Runtime:

@@ -744,3 +744,25 @@ async def test_expect_100_continue(proxied: Proxied) -> None:
     writer.close()
     assert echoed["length"] == 1000
     assert "expect" not in {k.lower() for k, _ in echoed["headers"]}
+
+
+@pytest.mark.parametrize(
+    ("client_auth", "expected"),
+    [(None, "Basic dXNlcjpzM2NyZXQ="), ("Bearer client-token", "Bearer client-token")],
+)
+async def test_upstream_userinfo_is_basic_auth_unless_the_client_sends_its_own(
+    start_upstream: UpstreamFactory,
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    client_auth: str | None,
+    expected: str,
+) -> None:
+    upstream = await start_upstream(scenario_app())
+    tg = await start_proxy(config_yaml(upstream.url.replace("http://", "http://user:s3cret@")))
+    headers = {"Authorization": client_auth} if client_auth else {}
+    async with client.get(tg.url + "/echo", headers=headers) as r:
+        assert r.status == 200
+        echoed = orjson.loads(await r.read())
+    sent = {k.lower(): v for k, v in echoed["headers"]}
+    assert sent["authorization"] == expected
+    assert "s3cret" not in tg.log.getvalue()
