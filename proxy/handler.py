@@ -8,11 +8,9 @@ for replay) -> on failure map through the table -> inspect or stream -> evaluate
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from aiohttp import ClientResponse, ClientSession, HttpVersion11, hdrs, web
 from yarl import URL
@@ -21,12 +19,12 @@ from . import headers as h
 from . import inspect as ins
 from . import respond
 from . import websocket as ws
+from .attempt import Outcome, Plan, release
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import trace_context
 from .resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
 from .rewrite import Delivery, apply_verdict
-from .rules import Verdict
 from .runtime import Route, Runtime
 from .server import refused_status
 from .upstream import (
@@ -45,56 +43,6 @@ from .upstream import (
 _PID = os.getpid()  # which worker served it (with --workers N)
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened, for metrics and the access log."""
-
-    code: int = 0
-    true_status: int = 0
-    source: str = "upstream"
-    verdict: Verdict | None = None
-    failure: Failure | None = None
-    upstream_seconds: float | None = None
-    attempts: int = 0
-
-
-@dataclass(slots=True)
-class Plan:
-    """One attempt's result, decided but not yet delivered.
-
-    `failure` set: no usable response.  Otherwise `resp` is the upstream response;
-    `raw` is its complete buffered body (None: stream it, after `already`)."""
-
-    failure: Failure | None = None
-    resp: ClientResponse | None = None
-    headers: h.Headers = field(default_factory=list)
-    already: list[bytes] = field(default_factory=list)
-    raw: bytes | None = None
-    verdict: Verdict | None = None
-    delivery: Delivery | None = None
-
-    @property
-    def true_status(self) -> int:
-        if self.failure is not None:
-            return self.failure.status
-        if self.verdict is not None:
-            return self.verdict.status
-        return self.resp.status if self.resp is not None else 0
-
-    def retry_after(self) -> float | None:
-        """Seconds the upstream asked us to wait (header, else the body's value)."""
-        value = h.get(self.headers, "retry-after") if self.resp is not None else None
-        if value is not None:
-            return _retry_after_seconds(value)
-        if self.verdict is not None and self.verdict.retry_after is not None:
-            return float(self.verdict.retry_after)
-        return None
-
-    def discard(self) -> None:
-        if self.resp is not None:
-            _release(self.resp)
 
 
 class Proxy:
@@ -403,7 +351,7 @@ class Proxy:
         try:
             chunks, complete = await respond.read_bounded(resp, policy.max_body_bytes)
         except UpstreamFailure as failed:  # nothing sent yet: answer from the table
-            _release(resp)
+            release(resp)
             return Plan(failure=failed.failure)
         if not complete:  # larger than declared (or undeclared): pass it through
             self._metrics.count_inspection(route.name, ins.SKIPPED_SIZE)
@@ -529,22 +477,3 @@ async def _continue(request: web.BaseRequest) -> None:
     ):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
-
-
-def _release(resp: ClientResponse) -> None:
-    if resp.content.is_eof():
-        resp.release()  # fully read: the connection goes back to the pool
-    else:
-        resp.close()  # unread bytes would poison a reused connection
-
-
-def _retry_after_seconds(value: str) -> float | None:
-    """Retry-After is delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

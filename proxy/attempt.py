@@ -1,0 +1,84 @@
+"""One request's attempts, as data: what an attempt produced (`Plan`) and what the
+request ended as (`Outcome`, for metrics and the access log)."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import ClientResponse
+
+from . import headers as h
+from .rewrite import Delivery
+from .rules import Verdict
+from .upstream import Failure
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for metrics and the access log."""
+
+    code: int = 0
+    true_status: int = 0
+    source: str = "upstream"
+    verdict: Verdict | None = None
+    failure: Failure | None = None
+    upstream_seconds: float | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class Plan:
+    """One attempt's result, decided but not yet delivered.
+
+    `failure` set: no usable response.  Otherwise `resp` is the upstream response;
+    `raw` is its complete buffered body (None: stream it, after `already`)."""
+
+    failure: Failure | None = None
+    resp: ClientResponse | None = None
+    headers: h.Headers = field(default_factory=list)
+    already: list[bytes] = field(default_factory=list)
+    raw: bytes | None = None
+    verdict: Verdict | None = None
+    delivery: Delivery | None = None
+
+    @property
+    def true_status(self) -> int:
+        if self.failure is not None:
+            return self.failure.status
+        if self.verdict is not None:
+            return self.verdict.status
+        return self.resp.status if self.resp is not None else 0
+
+    def retry_after(self) -> float | None:
+        """Seconds the upstream asked us to wait (header, else the body's value)."""
+        value = h.get(self.headers, "retry-after") if self.resp is not None else None
+        if value is not None:
+            return retry_after_seconds(value)
+        if self.verdict is not None and self.verdict.retry_after is not None:
+            return float(self.verdict.retry_after)
+        return None
+
+    def discard(self) -> None:
+        if self.resp is not None:
+            release(self.resp)
+
+
+def release(resp: ClientResponse) -> None:
+    if resp.content.is_eof():
+        resp.release()  # fully read: the connection goes back to the pool
+    else:
+        resp.close()  # unread bytes would poison a reused connection
+
+
+def retry_after_seconds(value: str) -> float | None:
+    """Retry-After is delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
