@@ -36,6 +36,7 @@ from .upstream import (
     RequestBody,
     UpstreamFailure,
     is_retry_safe,
+    malformed_head,
     send,
     target_url,
 )
@@ -195,7 +196,13 @@ class Proxy:
                 else:
                     outcome.upstream_seconds = attempt.head_seconds
                     self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
-                    plan = await self._inspect(request, route, runtime, attempt.response, trace_id)
+                    if malformed_head(attempt.response):
+                        release(attempt.response)
+                        plan = Plan(failure=PROTOCOL_ERROR)
+                    else:
+                        plan = await self._inspect(
+                            request, route, runtime, attempt.response, trace_id
+                        )
                 if plan.failure is not None:
                     self._metrics.upstream_failures.labels(upstream.name, plan.failure.kind).inc()
                 if guard.breaker is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -169,6 +170,24 @@ async def send(
         raise UpstreamFailure(classify(exc), exc) from exc
     _end_head_deadline(response)
     return Attempt(response, time.perf_counter() - started)
+
+
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes other than HTAB
+
+
+def malformed_head(response: ClientResponse) -> bool:
+    """A response head we must not pass on (SPEC 7: answer 502 instead): a status outside
+    100-599 (RFC 9110 15), a 101 to a request that asked for no upgrade, a transfer coding
+    other than chunked (its bytes would reach the client undecoded), or control bytes in
+    the reason phrase or a header value (RFC 9110 5.5) that no client may receive."""
+    if not 100 <= response.status <= 599 or response.status == 101:
+        return True
+    coding = response.headers.get("Transfer-Encoding")
+    if coding is not None and coding.strip().lower() != "chunked":
+        return True
+    if response.reason and _CTL.search(response.reason):
+        return True
+    return any(_CTL.search(value.decode("latin-1")) for _, value in response.raw_headers)
 
 
 @functools.lru_cache(maxsize=64)
