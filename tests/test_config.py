@@ -1012,3 +1012,16 @@ def test_odd_values_are_config_errors(fragment: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_text(text, "o.yaml")
     assert message in str(caught.value)
+
+
+def test_regexes_too_large_to_evaluate_quickly_are_rejected() -> None:
+    """`(?s).{0,1000}z` took ~10 s on 1 MiB of CJK text (RE2's fallback engine); refused."""
+    text = (
+        "version: 1\nupstreams:\n  u: {url: 'http://127.0.0.1:1'}\n"
+        "routes:\n  - {name: r, upstream: u, rules: [big]}\n"
+        "rules:\n  - name: big\n    when: {path: /m, matches: '(?s).{0,1000}z'}\n    status: 502\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text, "r.yaml")
+    assert "too large to evaluate quickly" in str(caught.value)
+    parse_text(text.replace("{0,1000}", "{0,100}"), "r.yaml")  # still fine
