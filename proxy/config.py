@@ -33,7 +33,9 @@ class Problem:
         where = self.file
         if self.line is not None:
             where += f":{self.line}:{self.col}"
-        return f"{where}: {self.path or '(document)'}: {self.message}"
+        line = f"{where}: {self.path or '(document)'}: {self.message}"
+        # one problem, one line: a key or value holding a line break cannot fake another
+        return line.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ConfigError(Exception):
