@@ -17,11 +17,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _listen(text: str) -> Listen:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+    listen = Listen.parse(text)
+    if listen is None:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return Listen(host, int(port))
+    return listen
 
 
 def _positive(text: str) -> int:

@@ -54,6 +54,16 @@ class Listen:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @classmethod
+    def parse(cls, text: str) -> Listen | None:
+        """`HOST:PORT` (`[::1]:8080` for IPv6), or None when it is not one."""
+        host, sep, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            return None
+        return cls(host, int(port))
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:

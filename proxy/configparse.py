@@ -206,14 +206,11 @@ class _Walker:
         return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
     def listen(self, value: object, path: Path) -> Listen:
-        text = value if isinstance(value, str) else ""
-        host, sep, port = text.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        listen = Listen.parse(value) if isinstance(value, str) else None
+        if listen is None:
             self.error(path, f"expected HOST:PORT such as 127.0.0.1:8080, got {_describe(value)}")
             return _BAD  # type: ignore[no-any-return]
-        return Listen(host, int(port))
+        return listen
 
     def http_status(self, value: object, path: Path, error_only: bool = True) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
