@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from aiohttp import ClientSession, web
 
 from .admin import build_admin
+from .client import Pool
 from .config import Config
 from .handler import Proxy
 from .listener import ListenSite
@@ -49,6 +50,7 @@ class TunnelGuard:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._session: ClientSession | None = None
+        self._pool: Pool | None = None
         self._proxy: Proxy | None = None
         self._proxy_runner: web.BaseRunner | None = None
         self._runners: list[web.BaseRunner] = []
@@ -65,7 +67,10 @@ class TunnelGuard:
     async def start(self) -> None:
         config = self.config
         self._session = new_session()
-        proxy = self._proxy = Proxy(lambda: self.runtime, self._session, self.metrics, self.log)
+        self._pool = Pool()
+        proxy = self._proxy = Proxy(
+            lambda: self.runtime, self._session, self.metrics, self.log, self._pool
+        )
         proxy.prepare(self.runtime)
         server = GuardedServer(  # client-side limits and request framing (SPEC 4.7, 7)
             proxy.handle,
@@ -172,6 +177,9 @@ class TunnelGuard:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         self.log.event("shutdown")
 
 

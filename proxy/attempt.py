@@ -7,9 +7,8 @@ import email.utils
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import ClientResponse
-
 from . import headers as h
+from .client import Response
 from .rewrite import Delivery
 from .rules import Verdict
 from .upstream import Failure
@@ -36,7 +35,7 @@ class Plan:
     `raw` is its complete buffered body (None: stream it, after `already`)."""
 
     failure: Failure | None = None
-    resp: ClientResponse | None = None
+    resp: Response | None = None
     headers: h.Headers = field(default_factory=list)
     already: list[bytes] = field(default_factory=list)
     raw: bytes | None = None
@@ -65,11 +64,9 @@ class Plan:
             release(self.resp)
 
 
-def release(resp: ClientResponse) -> None:
-    if resp.content.is_eof():
-        resp.release()  # fully read: the connection goes back to the pool
-    else:
-        resp.close()  # unread bytes would poison a reused connection
+def release(resp: Response) -> None:
+    """Fully read: the connection goes back to the pool; else it is closed."""
+    resp.release()
 
 
 def retry_after_seconds(value: str) -> float | None:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 
-from aiohttp import ClientResponse, ClientSession, HttpVersion11, hdrs, web
+from aiohttp import ClientSession, HttpVersion11, hdrs, web
 from yarl import URL
 
 from . import headers as h
@@ -20,6 +20,7 @@ from . import inspect as ins
 from . import respond
 from . import websocket as ws
 from .attempt import Outcome, Plan, release
+from .client import Pool, Response
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import trace_context
@@ -55,9 +56,11 @@ class Proxy:
         session: ClientSession,
         metrics: Metrics,
         log: Log | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self._runtime = runtime
-        self._session = session
+        self._session = session  # WebSocket handshakes only
+        self._pool = pool or Pool()  # every other request
         self._metrics = metrics
         self._log = log
         self._guards: dict[str, UpstreamGuard] = {}
@@ -158,8 +161,9 @@ class Proxy:
         )
         if route.authorization is not None and hdrs.AUTHORIZATION not in request.headers:
             out_headers.append(("Authorization", route.authorization))
-        url = target_url(route.base_url, route.upstream_target(request.raw_path))
+        target = route.upstream_target(request.raw_path)
         if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
+            url = target_url(route.base_url, target)
             return await self._tunnel(request, route, guard, out_headers, url, trace_id, outcome)
         body = RequestBody(None)
         if request.body_exists:
@@ -189,8 +193,9 @@ class Proxy:
             try:
                 try:
                     attempt = await send(
-                        self._session, upstream, request.method, url, out_headers, body.payload()
-                    )
+                        self._pool, upstream, request.method, route.base_url, target,
+                        out_headers, body,
+                    )  # fmt: skip
                 except UpstreamFailure as failed:
                     plan = Plan(failure=failed.failure)
                 else:
@@ -340,7 +345,7 @@ class Proxy:
         request: web.BaseRequest,
         route: Route,
         runtime: Runtime,
-        resp: ClientResponse,
+        resp: Response,
         trace_id: str,
     ) -> Plan:
         """Decide what to do with a response head: stream it, or buffer and judge it."""
@@ -349,8 +354,8 @@ class Proxy:
         policy = runtime.inspect
         if not route.rules or not policy.wants_status(request.method, status):
             return plan
-        mtype = ins.media_type(resp.headers.get("Content-Type"))
-        codings = ins.encodings(resp.headers.get("Content-Encoding"))
+        mtype = ins.media_type(resp.header(b"content-type"))
+        codings = ins.encodings(resp.header(b"content-encoding"))
         reason = policy.skip_reason(mtype, codings, resp.content_length)
         if reason is not None:
             self._metrics.count_inspection(route.name, reason)

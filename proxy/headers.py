@@ -112,10 +112,21 @@ def request_headers(
     return out
 
 
+def _as_written(value: bytes) -> str:
+    """A response header value as text that aiohttp's server writes back as the same
+    bytes: it encodes header text as UTF-8, so valid UTF-8 (the usual non-ASCII case)
+    round-trips exactly.  Other bytes >= 0x80 (obsolete Latin-1 text, RFC 9110 5.5) are
+    read as Latin-1 and so reach the client re-encoded (docs/security.md)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Upstream response headers to pass on: hop-by-hop, framing and any verdict
     the upstream tried to state (`Tunnelguard-*`) removed; `Via` appended."""
-    headers = decode_raw(raw)
+    headers = [(k.decode("latin-1"), _as_written(v)) for k, v in raw]
     drop = HOP_BY_HOP | _connection_tokens(headers) | {"content-length"}
     out: Headers = []
     via: list[str] = []

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 
-from aiohttp import ClientResponse, web
+from aiohttp import web
 
 from . import headers as h
+from .client import Response
 from .problem import CONTENT_TYPE, problem_body
 from .rewrite import Delivery, with_retry_after
 from .upstream import Failure, UpstreamFailure, iter_body
@@ -79,7 +80,7 @@ async def send_buffered(
 
 async def relay(
     request: web.BaseRequest,
-    resp: ClientResponse,
+    resp: Response,
     headers: h.Headers,
     already: list[bytes],
     retry_after: int,
@@ -110,7 +111,7 @@ async def relay(
     return response, None
 
 
-async def read_bounded(resp: ClientResponse, limit: int) -> tuple[list[bytes], bool]:
+async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
     """Read the body up to `limit` bytes; (chunks, True) when it ended within the limit.
     The bound caps the memory one in-flight response can hold."""
     chunks: list[bytes] = []

@@ -1,32 +1,32 @@
 """Talking to upstreams, and THE table that maps an upstream failure to an answer.
 
 `FAILURES` is the one place where "what happened upstream" becomes a status,
-a `Proxy-Status` error and a metric kind (SPEC 6.1).  `classify` maps aiohttp's
-exceptions onto it, most specific first: aiohttp's timeout errors are also
-`asyncio.TimeoutError`, and a deadline of ours arrives as a bare `TimeoutError`.
+a `Proxy-Status` error and a metric kind (SPEC 6.1).  `classify` maps the exceptions
+of `client` (HTTP requests) and of aiohttp's client (WebSocket handshakes) onto it,
+most specific first: aiohttp's timeout errors are also `asyncio.TimeoutError`, and a
+deadline of ours arrives as a bare `TimeoutError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import ClientResponse, ClientSession
+from aiohttp import ClientSession
 from yarl import URL
 
+from . import client
+from .client import Pool, Response
 from .config import UpstreamConfig
 from .headers import Headers
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-# aiohttp adds these unless told not to; a transparent proxy must not invent headers.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +88,12 @@ class UpstreamFailure(Exception):
 
 
 def classify(exc: BaseException) -> Failure:
-    """Map an exception raised while waiting for the response head to its table row."""
+    """Map an exception raised while waiting for the response head to its table row:
+    `client`'s own (the HTTP path) or aiohttp's (WebSocket handshakes)."""
     if isinstance(exc, asyncio.CancelledError):
         raise exc
+    if isinstance(exc, client.ClientFailure):
+        return _classify_client(exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return FAILURES["connection_timeout"]
     if isinstance(exc, TimeoutError):  # our head deadline, or aiohttp's read timeout
@@ -112,13 +115,29 @@ def classify(exc: BaseException) -> Failure:
     raise exc
 
 
+def _classify_client(exc: client.ClientFailure) -> Failure:
+    if isinstance(exc, client.ConnectTimeout):
+        return FAILURES["connection_timeout"]
+    if isinstance(exc, client.HeadTimeout):
+        return FAILURES["http_response_timeout"]
+    if isinstance(exc, client.ConnectFailed):
+        if isinstance(exc.cause, socket.gaierror):
+            return FAILURES["dns_error"]
+        if isinstance(exc.cause, ssl.SSLError | ssl.CertificateError):
+            return FAILURES["tls_protocol_error"]
+        return FAILURES["connection_refused"]
+    if isinstance(exc, client.MalformedResponse):
+        return PROTOCOL_ERROR
+    return FAILURES["http_protocol_error"]  # closed or reset before the response ended
+
+
 def is_retry_safe(method: str, has_idempotency_key: bool) -> bool:
     """RFC 9110 9.2.2: idempotent methods, or a request the client keyed."""
     return method in IDEMPOTENT or has_idempotency_key
 
 
 def new_session() -> ClientSession:
-    """The one shared client session: a keep-alive pool to every upstream."""
+    """The aiohttp client session for WebSocket handshakes (HTTP requests use `client`)."""
     # Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of
     # Node.js servers (and most others), so we rarely reuse one the upstream is closing.
     connector = aiohttp.TCPConnector(
@@ -140,49 +159,55 @@ def new_session() -> ClientSession:
 
 @dataclass(slots=True)
 class Attempt:
-    response: ClientResponse
+    response: Response
     head_seconds: float  # from start to response head
 
 
 async def send(
-    session: ClientSession,
+    pool: Pool,
     upstream: UpstreamConfig,
     method: str,
-    url: URL,
+    base_url: str,
+    target: str,
     headers: Headers,
-    body: object,
+    body: RequestBody,
 ) -> Attempt:
-    """Send one request and wait for the response head; raise UpstreamFailure."""
+    """Send one request and wait for the response head; raise UpstreamFailure.
+
+    `timeouts.connect` bounds the TCP (and TLS) connect; `timeouts.response` the wait
+    between the request being fully sent and the response head arriving.  Once the
+    head is here a body may pause as long as it likes (event streams, long polls)."""
     started = time.perf_counter()
+    timeouts = upstream.timeouts
     try:
-        response = await session.request(
+        response = await pool.send(
+            base_url,
             method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            timeout=_timeouts(upstream.timeouts.connect, upstream.timeouts.response),
+            target,
+            headers,
+            body.payload(),
+            length=body.length,
+            connect_timeout=timeouts.connect,
+            head_timeout=timeouts.response,
         )
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         raise UpstreamFailure(classify(exc), exc) from exc
-    _end_head_deadline(response)
     return Attempt(response, time.perf_counter() - started)
 
 
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes other than HTAB
 
 
-def malformed_head(response: ClientResponse) -> bool:
+def malformed_head(response: Response) -> bool:
     """A response head we must not pass on (SPEC 7: answer 502 instead): a status outside
     100-599 (RFC 9110 15), a 101 to a request that asked for no upgrade, a transfer coding
     other than chunked (its bytes would reach the client undecoded), or control bytes in
     the reason phrase or a header value (RFC 9110 5.5) that no client may receive."""
     if not 100 <= response.status <= 599 or response.status == 101:
         return True
-    coding = response.headers.get("Transfer-Encoding")
+    coding = response.header(b"transfer-encoding")
     if coding is not None and coding.strip().lower() != "chunked":
         return True
     if response.reason and _CTL.search(response.reason):
@@ -190,37 +215,14 @@ def malformed_head(response: ClientResponse) -> bool:
     return any(_CTL.search(value.decode("latin-1")) for _, value in response.raw_headers)
 
 
-@functools.lru_cache(maxsize=64)
-def _timeouts(connect: float, response: float) -> aiohttp.ClientTimeout:
-    """`timeouts.connect` bounds the TCP (and TLS) connect; `timeouts.response` the
-    silence between the request being fully sent and the response head arriving
-    (aiohttp starts its read timer once the request body is written)."""
-    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect, sock_read=response)
-
-
-def _end_head_deadline(response: ClientResponse) -> None:
-    """The response timeout covers the head only: once it is here, a body may pause as
-    long as it likes (event streams, long polls, slow downloads)."""
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else None
-    if protocol is not None:
-        protocol.read_timeout = None
-        protocol.start_timeout()  # cancels the timer already running
-
-
-async def iter_body(response: ClientResponse) -> AsyncIterator[bytes]:
+async def iter_body(response: Response) -> AsyncIterator[bytes]:
     """The upstream body as it arrives; a failure mid-body raises UpstreamFailure."""
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.iter_any():
             yield chunk
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
+    except client.ClientFailure as exc:
         # After the head, an incomplete body means the connection closed or reset.
-        failure = FAILURES["http_protocol_error"]
-        if not isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
-            failure = classify(exc)
-        raise UpstreamFailure(failure, exc) from exc
+        raise UpstreamFailure(FAILURES["http_protocol_error"], exc) from exc
 
 
 def target_url(base: str, raw_path: str) -> URL:
@@ -235,24 +237,30 @@ class RequestBody:
 
     Bodies up to `replay_limit` are read whole so a retry can send them again
     (SPEC 6.3); larger ones stream through and can only be retried when the failed
-    attempt never started reading them (a connect failure)."""
+    attempt never started reading them (a connect failure).  `length` is the client's
+    Content-Length for a streamed body (None: it is sent chunked)."""
 
-    __slots__ = ("_data", "_prefix", "_stream", "touched")
+    __slots__ = ("_data", "_prefix", "_stream", "length", "touched")
 
     def __init__(
-        self, data: bytes | None, stream: aiohttp.StreamReader | None = None, prefix: bytes = b""
+        self,
+        data: bytes | None,
+        stream: aiohttp.StreamReader | None = None,
+        prefix: bytes = b"",
+        length: int | None = None,
     ) -> None:
         self._data = data
         self._stream = stream
         self._prefix = prefix
+        self.length = length
         self.touched = False
 
     @property
     def replayable(self) -> bool:
         return self._stream is None
 
-    def payload(self) -> object:
-        """What to hand to aiohttp for one attempt."""
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        """What one attempt sends."""
         if self._stream is None:
             return self._data
         return self._chunks()
@@ -272,7 +280,7 @@ class RequestBody:
     ) -> RequestBody:
         """Buffer up to `replay_limit` bytes of `stream`, or stream it."""
         if length is not None and length > replay_limit:
-            return cls(None, stream)
+            return cls(None, stream, length=length)
         parts: list[bytes] = []
         size = 0
         while size <= replay_limit:

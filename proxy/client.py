@@ -1,0 +1,565 @@
+"""The upstream side's HTTP/1.1 client: keep-alive connection pools, llhttp parsing.
+
+A proxy's upstream client needs little of a general HTTP client (no cookies, redirects,
+auto headers or decompression) and runs on every request, so tunnelguard speaks
+HTTP/1.1 itself over asyncio protocols, with httptools (the llhttp parser that uvicorn
+and aiohttp also use) reading responses.  Profiles put aiohttp's ClientSession machinery
+at a third of the proxy's CPU per request; this module is what replaces it (WebSocket
+handshakes still use aiohttp's client, see `websocket`).
+
+`Pool.send` writes one request and returns once the response head is in; the `Response`
+then yields its body as it arrives, with flow control (reading from the upstream pauses
+while `HIGH_WATER` bytes wait for the client).  Failures are this module's own
+exceptions, which `upstream.classify` maps onto the failure table:
+
+- `ConnectFailed(cause)`: no connection (refused, DNS, TLS); `cause` says which;
+- `ConnectTimeout`, `HeadTimeout`: the connect or the wait for the head took too long;
+- `Disconnected`: the upstream closed or reset the connection before the response ended;
+- `MalformedResponse`: the bytes are not an HTTP/1.1 response llhttp accepts.
+
+A connection is reused only after a response that ended cleanly with keep-alive; one
+whose response was abandoned, timed out, or answered a HEAD is closed.  Idle pooled
+connections are closed after `IDLE_TIMEOUT` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+from yarl import URL
+
+# Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of Node.js
+# servers (and most others), so we rarely reuse one the upstream is closing.
+IDLE_TIMEOUT = 4.0
+MAX_IDLE_PER_ENDPOINT = 128  # more idle connections than this are closed, not pooled
+# An upstream's response head is bounded like a client's request head: one header line
+# over MAX_FIELD bytes (aiohttp's and nginx's usual 8 KiB) or a head over MAX_HEAD bytes
+# is a malformed response (502), never buffered without end.
+MAX_FIELD = 8190
+MAX_HEAD = 64 * 1024
+HIGH_WATER = 256 * 1024  # body bytes buffered before reading from the upstream pauses
+LOW_WATER = 64 * 1024
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that get `Content-Length: 0`
+
+
+class ClientFailure(Exception):
+    """Base of everything `Pool.send` and `Response.iter_any` raise."""
+
+
+class ConnectFailed(ClientFailure):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause) or type(cause).__name__)
+        self.cause = cause
+
+
+class ConnectTimeout(ClientFailure):
+    pass
+
+
+class HeadTimeout(ClientFailure):
+    pass
+
+
+class Disconnected(ClientFailure):
+    pass
+
+
+class MalformedResponse(ClientFailure):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where an upstream URL points: the pool key and what a request needs."""
+
+    scheme: str
+    host: str  # without brackets
+    port: int
+    authority: str  # for Host when the client sent none
+    prefix: str  # the URL's path, without a trailing slash
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+
+@functools.lru_cache(maxsize=256)
+def endpoint(base_url: str) -> Endpoint:
+    """Parse an upstream base URL once (cached: it is the same for every request)."""
+    url = URL(base_url)
+    host = url.raw_host or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    authority = f"[{host}]" if ":" in host else host
+    if url.explicit_port:
+        authority += f":{port}"
+    return Endpoint(url.scheme, host, port, authority, url.raw_path.rstrip("/"))
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()  # system CAs, hostname checks (as aiohttp's default)
+
+
+class Response:
+    """One upstream response: the head, then the body as it arrives."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_done",
+        "_error",
+        "_size",
+        "_waiter",
+        "content_length",
+        "raw_headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(
+        self,
+        conn: _Connection,
+        status: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+    ) -> None:
+        self._conn: _Connection | None = conn
+        self.status = status
+        self.reason = reason
+        self.raw_headers = raw_headers
+        self.content_length = content_length
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._done = False
+        self._error: ClientFailure | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header `name` (lower case), decoded as latin-1."""
+        for key, value in self.raw_headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    def is_eof(self) -> bool:
+        """The whole body has been read (and handed out)."""
+        return self._done and not self._chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive; raises `ClientFailure` if it cannot end."""
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self._size -= len(chunk)
+                if self._size <= LOW_WATER and self._conn is not None:
+                    self._conn.resume()
+                yield chunk
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def release(self) -> None:
+        """Done with this response: its connection goes back to the pool if the body was
+        read to the end, else it is closed (unread bytes would poison the next reader)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.finished(self.is_eof())
+
+    close = release  # an unread body closes the connection either way
+
+    # -- fed by the connection --------------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > HIGH_WATER and self._conn is not None:
+            self._conn.pause()
+        self._wake()
+
+    def _end(self, error: ClientFailure | None = None) -> None:
+        if not self._done and self._error is None:
+            if error is None:
+                self._done = True
+            else:
+                self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection, with its response parser."""
+
+    def __init__(self, pool: Pool, key: Endpoint) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._head: asyncio.Future[Response] | None = None
+        self._response: Response | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = bytearray()
+        self._head_bytes = 0  # received while waiting for the head
+        self._head_size = 0  # header bytes of the response being parsed
+        self._skip_body = False  # the response to a HEAD has no body
+        self._complete = False  # the current response ended cleanly
+        self._reusable = False
+        self._paused = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # -- a request ---------------------------------------------------------------------------
+
+    def begin(self, head_only: bool) -> asyncio.Future[Response]:
+        self._skip_body = head_only
+        self._complete = self._reusable = False
+        self._response = None
+        self._head_bytes = 0
+        self._head = asyncio.get_running_loop().create_future()
+        return self._head
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise Disconnected("upstream connection closed")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise Disconnected("upstream connection closed")
+        if self._write_paused:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def finished(self, body_read: bool) -> None:
+        """The response was handed back: pool the connection or close it."""
+        self._response = None
+        if body_read and self._complete and self._reusable and not self.closed:
+            self.pool.park(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None and self._response is None:
+            self.close()  # bytes nobody asked for: this connection cannot be trusted again
+            return
+        if self._head is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD + HIGH_WATER:  # llhttp buffers a header line
+                self._fail(MalformedResponse("response head too large"))
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(MalformedResponse("unexpected protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            # a callback's own failure arrives wrapped in HttpParserCallbackError
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, ClientFailure) else MalformedResponse(str(exc)))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        self.pool.forget(self)
+        response = self._response
+        if response is not None and not self._complete and self._until_eof(response):
+            # no Content-Length and not chunked: the body ends with the connection
+            self._complete = True
+            response._end()
+        else:
+            self._fail(Disconnected("upstream closed the connection"))
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_exception(Disconnected("upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._head_size = 0
+        self._reason.clear()
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+        if len(self._reason) > MAX_FIELD:
+            raise MalformedResponse("status line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        if size > MAX_FIELD:
+            raise MalformedResponse(f"a response header line over {MAX_FIELD} bytes")
+        self._head_size += size + 4
+        if self._head_size > MAX_HEAD:
+            raise MalformedResponse(f"a response head over {MAX_HEAD} bytes")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # informational (100, 103): the final response follows
+        head = self._head
+        if head is None or head.done():
+            raise MalformedResponse("a second response to one request")
+        length = None
+        for name, value in self._headers:
+            if name.lower() == b"content-length":
+                length = int(value)  # llhttp has checked it is one number
+        response = Response(self, status, self._reason.decode("latin-1"), self._headers, length)
+        self._response = response
+        self._head = None
+        if self._skip_body or status in (204, 304):
+            # no body, whatever the headers say; after a HEAD llhttp would wait for the
+            # announced bytes, so that connection is not reused
+            self._complete = True
+            self._reusable = not self._skip_body and self._parser.should_keep_alive()
+            response._end()
+        head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        response = self._response
+        if response is not None and not self._complete:
+            response._feed(body)
+
+    def on_message_complete(self) -> None:
+        response = self._response
+        if response is None:
+            return  # an informational response ended
+        if not self._complete:
+            self._complete = True
+            self._reusable = self._parser.should_keep_alive()
+            response._end()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _until_eof(self, response: Response) -> bool:
+        if response.content_length is not None:
+            return False
+        coding = response.header(b"transfer-encoding")
+        return coding is None or coding.strip().lower() != "chunked"
+
+    def _fail(self, error: ClientFailure) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(error)
+            head.exception()  # retrieved: a caller that timed out no longer awaits it
+        self._head = None
+        response = self._response
+        if response is not None and not self._complete:
+            response._end(error)
+        self.abort()
+
+
+class Pool:
+    """Keep-alive connections per upstream endpoint, shared by all routes."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Endpoint, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+
+    async def send(
+        self,
+        base_url: str,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        length: int | None,
+        connect_timeout: float,
+        head_timeout: float,
+    ) -> Response:
+        """Send one request and return its response once the head is in.
+
+        `target` is the path and query as the client sent them (appended to the base
+        URL's path).  `body` bytes are sent with their length; an iterator with
+        `length` (the client's Content-Length) or else chunked."""
+        key = endpoint(base_url)
+        conn = self._reuse(key) or await self._connect(key, connect_timeout)
+        head = conn.begin(method == "HEAD")
+        lines = [f"{method} {key.prefix}{target} HTTP/1.1\r\n"]
+        has_host = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-length" or lower == "transfer-encoding":
+                continue  # framing is ours (below)
+            if lower == "host":
+                has_host = True
+            lines.append(f"{name}: {value}\r\n")
+        if not has_host:
+            lines.append(f"Host: {key.authority}\r\n")
+        streamed = body is not None and not isinstance(body, bytes)
+        if isinstance(body, bytes):
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        elif streamed:
+            lines.append(
+                f"Content-Length: {length}\r\n" if length is not None
+                else "Transfer-Encoding: chunked\r\n"
+            )  # fmt: skip
+        elif method in _WITH_BODY:
+            lines.append("Content-Length: 0\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("latin-1")  # header text came in as latin-1
+        try:
+            if isinstance(body, bytes):
+                conn.write(data + body)  # one write, one packet for small requests
+            else:
+                conn.write(data)
+            if streamed:
+                assert body is not None and not isinstance(body, bytes)
+                writer = asyncio.ensure_future(_write_body(conn, body, chunked=length is None))
+                try:
+                    await asyncio.wait((writer, head), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not writer.done():
+                        conn._reusable = False
+                        writer.cancel()  # the upstream answered before the body ended
+                sent = writer.done() and not writer.cancelled()
+                if sent and writer.exception() is not None and not head.done():
+                    conn.abort()
+                    raise Disconnected("sending the request body failed")
+            return await _head_within(head, head_timeout)
+        except BaseException:
+            conn.abort()
+            raise
+
+    def _reuse(self, key: Endpoint) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _connect(self, key: Endpoint, seconds: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = _tls_context() if key.tls else None
+        try:
+            async with asyncio.timeout(seconds):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, key),
+                    key.host,
+                    key.port,
+                    ssl=tls,
+                    server_hostname=key.host if tls is not None else None,
+                )
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"connecting to {key.authority} timed out") from exc
+        except OSError as exc:  # refused, unreachable, DNS (socket.gaierror), TLS (SSLError)
+            raise ConnectFailed(exc) from exc
+        self._open.add(conn)
+        return conn
+
+    def park(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= MAX_IDLE_PER_ENDPOINT:
+            conn.close()
+            return
+        idle.append(conn)
+        conn.idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, conn.close)
+
+    def forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    async def close(self) -> None:
+        """Close every connection (at shutdown)."""
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports run their connection_lost
+
+
+async def _head_within(head: asyncio.Future[Response], seconds: float) -> Response:
+    """Wait for the response head at most `seconds` after the request was sent."""
+    if head.done():
+        return head.result()
+    handle = asyncio.get_running_loop().call_later(seconds, _expire, head)
+    try:
+        return await head
+    finally:
+        handle.cancel()
+
+
+def _expire(head: asyncio.Future[Response]) -> None:
+    if not head.done():
+        head.set_exception(HeadTimeout("no response head in time"))
+
+
+async def _write_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for chunk in body:
+        if not chunk:
+            continue
+        if chunked:
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            conn.write(chunk)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
