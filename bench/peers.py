@@ -1,13 +1,14 @@
-"""The processes `bench/run.py` measures: the upstream and the three proxies, pinned to CPUs.
+"""The processes `bench/run.py` measures: the upstream and the four proxies, pinned to CPUs.
 
 - the **upstream**: nginx serving fixed files (1 worker, keep-alive, no access log, sendfile);
 - **nginx `proxy_pass`**: a second nginx instance, the baseline for plain proxying;
 - **HAProxy** with `http-response wait-for-body` and a `res.body` rule that sets 401 on a
   Slack-style `"ok":false` + `invalid_auth` body: the peer that can do tunnelguard's job;
-- **tunnelguard** from this checkout (`python3 -m proxy run`, 1 worker or `--workers N`).
+- **tunnelguard** from this checkout (`python3 -m proxy run`, 1 worker or `--workers N`);
+- the **naive proxy** (`bench/naive.py`, aiohttp + orjson, every body buffered): the floor.
 
 Also: installing missing Debian packages, stopping every started process by PID, and reading
-CPU time and memory from /proc.  Not a module of the project: only `bench/run.py` imports it.
+CPU time and memory from /proc.  Not a module of the project: only the bench scripts import it.
 """
 
 from __future__ import annotations
@@ -302,10 +303,11 @@ def busy_percent(
 
 
 class RssSampler:
-    """Samples the summed VmRSS of some PIDs every RSS_SAMPLE_INTERVAL_S in a thread."""
+    """Samples the summed VmRSS of some PIDs every `interval` seconds in a thread."""
 
-    def __init__(self, pids: Sequence[int]) -> None:
+    def __init__(self, pids: Sequence[int], interval: float = RSS_SAMPLE_INTERVAL_S) -> None:
         self.pids = list(pids)
+        self.interval = interval
         self.peak_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -316,7 +318,7 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, value)
 
     def _run(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
+        while not self._stop.wait(self.interval):
             self._sample()
 
     @contextlib.contextmanager
@@ -338,13 +340,13 @@ class RssSampler:
 class Server:
     """One started server: the upstream or a proxy."""
 
-    key: str  # "upstream", "nginx", "haproxy", "tg", "tg1w", "tg2w"
+    key: str  # "upstream", "nginx", "haproxy", "tg", "tg1w", "tg2w", "naive"
     label: str
     url: str
     proc: subprocess.Popen[bytes]
     version: str
     cpus: str  # the pinning, as described in the output
-    config: Path | None = None
+    config: Path | None = None  # its config file (for the naive proxy: its source)
     admin_url: str | None = None  # tunnelguard only
     idle_rss_kib: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -580,6 +582,26 @@ def start_tunnelguard(
     # stdout (one JSON line per request) goes to a file: it never blocks the proxy.
     with open(log, "wb") as out, open(err, "wb") as errf:
         proc = procs.start(key, layout.pinned(argv, cpus), stdout=out, stderr=errf, cwd=ROOT)
+    record = wait_for_startup(proc, log, err, label)
+    if workers > 1:
+        procs.adopt_children(proc, sys.executable)
+    return Server(
+        key,
+        label,
+        str(record["listen"]),
+        proc,
+        tunnelguard_version(),
+        layout.describe(cpus),
+        admin_url=str(record["admin"]),
+        extra={"workers": workers},
+    )
+
+
+def wait_for_startup(
+    proc: subprocess.Popen[bytes], log: Path, err: Path, label: str
+) -> dict[str, Any]:
+    """tunnelguard's `startup` event (with its `listen` and `admin` URLs), read from `log`,
+    the file its stdout goes to; RuntimeError if it exits or says nothing in time."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), open(log, "rb") as f:
@@ -588,19 +610,8 @@ def start_tunnelguard(
                     continue
                 with contextlib.suppress(ValueError):
                     record = json.loads(raw)
-                    if record.get("event") == "startup":
-                        if workers > 1:
-                            procs.adopt_children(proc, sys.executable)
-                        return Server(
-                            key,
-                            label,
-                            str(record["listen"]),
-                            proc,
-                            _tunnelguard_version(),
-                            layout.describe(cpus),
-                            admin_url=str(record["admin"]),
-                            extra={"workers": workers},
-                        )
+                    if isinstance(record, dict) and record.get("event") == "startup":
+                        return record
         if proc.poll() is not None:
             raise RuntimeError(
                 f"{label} exited with {proc.returncode} before its startup line:\n"
@@ -610,7 +621,50 @@ def start_tunnelguard(
     raise RuntimeError(f"no startup line from {label} within {STARTUP_TIMEOUT_S:.0f}s")
 
 
-def _tunnelguard_version() -> str:
+NAIVE_SCRIPT = Path(__file__).resolve().with_name("naive.py")
+
+
+def start_naive(
+    tmp: Path,
+    upstream: Server,
+    procs: Processes,
+    layout: Layout,
+    cpus: Sequence[int],
+) -> Server:
+    """`bench/naive.py` (one process, uvloop when importable) in front of `upstream`."""
+    port = free_port()
+    argv = [sys.executable, str(NAIVE_SCRIPT), "--upstream", upstream.url]
+    argv += ["--listen", f"{HOST}:{port}"]
+    out, _err = _log_files(tmp, "naive")
+    with open(out, "wb") as stdout:
+        proc = procs.start(
+            "naive", layout.pinned(argv, cpus), stdout=stdout, stderr=subprocess.STDOUT
+        )
+    if not wait_for_port(port, proc, STARTUP_TIMEOUT_S):
+        procs.stop(proc)
+        raise RuntimeError(f"the naive proxy did not start: {tail(out)}")
+    return Server(
+        "naive",
+        "naive aiohttp proxy (floor)",
+        f"http://{HOST}:{port}",
+        proc,
+        _naive_version(),
+        layout.describe(cpus),
+        config=NAIVE_SCRIPT,
+    )
+
+
+def _naive_version() -> str:
+    from importlib import metadata
+
+    parts = []
+    for name in ("aiohttp", "orjson", "uvloop"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            parts.append(f"{name} {metadata.version(name)}")
+    return "naive proxy: " + ", ".join(parts)
+
+
+def tunnelguard_version() -> str:
     import re
 
     try:

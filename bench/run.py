@@ -7,13 +7,16 @@ One fast upstream (nginx serving fixed files) is loaded with wrk, in the same ru
   nginx     wrk -> nginx `proxy_pass` -> upstream      (plain proxying, the baseline)
   haproxy   wrk -> HAProxy `wait-for-body` + a `res.body` rule -> upstream   (the peer)
   tg        wrk -> tunnelguard -> upstream
+  naive     wrk -> bench/naive.py, a ~60-line aiohttp + orjson proxy -> upstream   (the floor)
 
-for three bodies: (a) a 200 B Slack-style tunnelled error (rewritten to 401 by HAProxy and
-tunnelguard), (b) a 16 KiB clean JSON body (inspected, passed), (c) a 1 MiB octet-stream
-(streamed); then (a) at one connection for latency; then tunnelguard `--workers 2` vs 1 worker.
-Each proxy is pinned to one CPU, wrk (and the upstream, and this script) to another.  The
-report is markdown tables with medians of `--repeat` runs and a PASS/FAIL table of the
-targets of issue 9.  Everything listens on and talks to 127.0.0.1 only.
+for three bodies: (a) a 200 B Slack-style tunnelled error (rewritten to 401 by HAProxy,
+tunnelguard and the naive proxy), (b) a 16 KiB clean JSON body (inspected, passed), (c) a
+1 MiB octet-stream (streamed by all but the naive proxy, which buffers every body); then (a)
+at one connection for latency; then tunnelguard `--workers 2` vs 1 worker.  Each proxy is
+pinned to one CPU, wrk (and the upstream, and this script) to another.  The report is markdown
+tables with medians of `--repeat` runs and a PASS/FAIL table of the targets of issue 9, next to
+what the naive proxy reaches in the same run.  Everything listens on and talks to 127.0.0.1
+only.
 
     python3 bench/run.py [--duration S] [--repeat N]
 
@@ -61,6 +64,7 @@ from peers import (  # bench/ is not a package: peers.py sits beside this file
     ensure_tool,
     say,
     start_haproxy,
+    start_naive,
     start_nginx_proxy,
     start_tunnelguard,
     start_upstream,
@@ -174,15 +178,18 @@ def write_site(tmp: Path, cases: Sequence[Scenario]) -> Path:
 
 # sides: what wrk is pointed at
 DIRECT, NGINX, HAPROXY, TG, TG1W, TG2W = "direct", "nginx", "haproxy", "tg", "tg1w", "tg2w"
+NAIVE = "naive"
 LABELS = {
     DIRECT: "direct (upstream)",
     NGINX: "nginx proxy_pass",
     HAPROXY: "HAProxy inspect",
     TG: "tunnelguard",
+    NAIVE: "naive aiohttp proxy (floor)",
     TG1W: "tunnelguard 1 worker",
     TG2W: "tunnelguard --workers 2",
 }
-INSPECTING = {HAPROXY, TG, TG1W, TG2W}
+SINGLE_CORE = (DIRECT, NGINX, HAPROXY, TG, NAIVE)  # the sides of the load and latency sections
+INSPECTING = {HAPROXY, TG, TG1W, TG2W, NAIVE}  # (a) answers 401 through these
 
 
 def expected_status(case: Scenario, side: str) -> int:
@@ -209,8 +216,9 @@ def http_get(base_url: str, path: str) -> tuple[int, dict[str, str], bytes]:
 def verify(cases: Sequence[Scenario], servers: dict[str, Server]) -> list[str]:
     """One request per scenario and side; a list of failures (empty when all answer right).
 
-    Every side must answer the expected status ((a) is 401 through HAProxy and tunnelguard,
-    200 elsewhere), and every 200 must be the file, byte for byte, with its content type."""
+    Every side must answer the expected status ((a) is 401 through HAProxy, tunnelguard and the
+    naive proxy, 200 elsewhere), and every 200 must be the file, byte for byte, with its
+    content type."""
     failures: list[str] = []
     for case in cases:
         seen: list[str] = []
@@ -445,12 +453,16 @@ def _mib(kib: float | None) -> str:
 
 @dataclass(frozen=True)
 class Target:
+    """One target of issue 9.  `measured(results, side)` computes it for a single-core side:
+    TG for the verdict, NAIVE for the floor column (when `naive` is True)."""
+
     name: str
-    measured: Callable[[Results], float]
+    measured: Callable[[Results, str], float]
     limit: float
     at_least: bool  # True: measured >= limit; False: measured <= limit
     unit: str  # "x" or "us"
-    reference: str  # the 60-line naive aiohttp+orjson proxy on this machine (issue 9)
+    reference: str  # issue 9's figure for the naive proxy, measured once on this machine
+    naive: bool = True  # False: the row has no naive counterpart (the --workers rows)
 
 
 def _added_p50_us(results: Results, side: str) -> float:
@@ -461,40 +473,40 @@ def _added_p50_us(results: Results, side: str) -> float:
 
 TARGETS = [
     Target(
-        "(a) 200 B tunnelled, inspected + rewritten: req/s tg / HAProxy",
-        lambda r: r.ratio("load", "a", TG, HAPROXY, "rps"),
+        "(a) 200 B tunnelled, inspected + rewritten: req/s / HAProxy",
+        lambda r, side: r.ratio("load", "a", side, HAPROXY, "rps"),
         0.35,
         True,
         "x",
         "0.18x",
     ),
     Target(
-        "(a) 200 B tunnelled: p99 tg / HAProxy",
-        lambda r: r.ratio("load", "a", TG, HAPROXY, "p99_ms"),
+        "(a) 200 B tunnelled: p99 / HAProxy's p99",
+        lambda r, side: r.ratio("load", "a", side, HAPROXY, "p99_ms"),
         4.0,
         False,
         "x",
         "10x",
     ),
     Target(
-        "(b) 16 KiB clean JSON: req/s tg / HAProxy",
-        lambda r: r.ratio("load", "b", TG, HAPROXY, "rps"),
+        "(b) 16 KiB clean JSON: req/s / HAProxy",
+        lambda r, side: r.ratio("load", "b", side, HAPROXY, "rps"),
         0.30,
         True,
         "x",
         "0.20x",
     ),
     Target(
-        "(c) 1 MiB streamed: req/s tg / nginx proxy_pass",
-        lambda r: r.ratio("load", "c", TG, NGINX, "rps"),
+        "(c) 1 MiB streamed: req/s / nginx proxy_pass",
+        lambda r, side: r.ratio("load", "c", side, NGINX, "rps"),
         1.0,
         True,
         "x",
         "0.93x",
     ),
     Target(
-        "(c) 1 MiB streamed: req/s tg / HAProxy",
-        lambda r: r.ratio("load", "c", TG, HAPROXY, "rps"),
+        "(c) 1 MiB streamed: req/s / HAProxy",
+        lambda r, side: r.ratio("load", "c", side, HAPROXY, "rps"),
         0.6,
         True,
         "x",
@@ -502,7 +514,7 @@ TARGETS = [
     ),
     Target(
         "one connection, (a): p50 added over direct",
-        lambda r: _added_p50_us(r, TG),
+        lambda r, side: _added_p50_us(r, side),
         200.0,
         False,
         "us",
@@ -510,19 +522,21 @@ TARGETS = [
     ),
     Target(
         "--workers 2 on both cores / 1 worker, (a) req/s",
-        lambda r: r.ratio("workers", "a", TG2W, TG1W, "rps"),
+        lambda r, _side: r.ratio("workers", "a", TG2W, TG1W, "rps"),
         1.6,
         True,
         "x",
         "-",
+        naive=False,
     ),
     Target(
         "--workers 2 on both cores / 1 worker, (b) req/s",
-        lambda r: r.ratio("workers", "b", TG2W, TG1W, "rps"),
+        lambda r, _side: r.ratio("workers", "b", TG2W, TG1W, "rps"),
         1.6,
         True,
         "x",
         "-",
+        naive=False,
     ),
 ]
 
@@ -536,7 +550,8 @@ def _fmt_target(value: float, unit: str) -> str:
 def evaluate_targets(results: Results) -> list[dict[str, Any]]:
     rows = []
     for t in TARGETS:
-        value = t.measured(results)
+        value = t.measured(results, TG)
+        naive = t.measured(results, NAIVE) if t.naive else None
         if math.isnan(value):
             verdict = "n/a"
         else:
@@ -549,7 +564,8 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
                 "at_least": t.at_least,
                 "unit": t.unit,
                 "verdict": verdict,
-                "reference_naive_proxy": t.reference,
+                "naive_measured": naive,  # the naive proxy in this run; None: no such row
+                "reference_naive_proxy": t.reference,  # issue 9's figure (static)
             }
         )
     return rows
@@ -635,7 +651,7 @@ def render(
 ) -> str:
     cpus: list[int] = setup["cpus_shown"]
     lines = [
-        "## tunnelguard vs nginx vs HAProxy",
+        "## tunnelguard vs nginx vs HAProxy (and a naive aiohttp proxy as the floor)",
         "",
         f"- layout: {setup['layout']}",
         f"- load: {setup['load']}",
@@ -649,32 +665,35 @@ def render(
         "proxy CPU = CPU time of the proxy's processes / wall time (100% = one core); "
         "upstream CPU likewise for the upstream nginx; CPU busy = all processes on that CPU, "
         "from /proc/stat (other jobs on the machine included); errors = wrk socket errors, "
-        "wrong status = answers other than the expected status (401 for (a) through HAProxy "
-        "and tunnelguard, 200 elsewhere), summed over the repeats.",
+        "wrong status = answers other than the expected status (401 for (a) through HAProxy, "
+        "tunnelguard and the naive proxy, 200 elsewhere), summed over the repeats.",
     ]
     for case in cases:
         lines += ["", f"### {case.title}, {setup['connections']} connections", ""]
         lines += _table_head(cpus)
-        lines += _side_rows(results, "load", case.key, (DIRECT, NGINX, HAPROXY, TG), cpus)
+        lines += _side_rows(results, "load", case.key, SINGLE_CORE, cpus)
         lines.append(_ratio_row(results, "load", case.key, TG, HAPROXY))
         lines.append(_ratio_row(results, "load", case.key, TG, NGINX))
+        lines.append(_ratio_row(results, "load", case.key, NAIVE, HAPROXY))
         lines += ["", f"tunnelguard /metrics: {_codes(results.get('load', case.key, TG))}"]
 
     lines += [
         "",
         "### one connection, (a) 200 B (`wrk -t1 -c1`): latency",
         "",
-        "| side | req/s | p50 | p99 | p50 added over direct |",
-        "|---|--:|--:|--:|--:|",
+        "| side | req/s | p50 | p99 | p50 added over direct | req/s / HAProxy |",
+        "|---|--:|--:|--:|--:|--:|",
     ]
-    for side in (DIRECT, NGINX, HAPROXY, TG):
+    for side in SINGLE_CORE:
         if not results.get("latency", "a", side):
             continue
         added = "-" if side == DIRECT else _num(_added_p50_us(results, side), ".0f", " us")
+        vs_haproxy = _num(results.ratio("latency", "a", side, HAPROXY, "rps"), ".2f", "x")
         lines.append(
             f"| {LABELS[side]} | {_num(results.median('latency', 'a', side, _rps))} "
             f"| {_lat(results.median('latency', 'a', side, _p50))} "
-            f"| {_lat(results.median('latency', 'a', side, _p99))} | {added} |"
+            f"| {_lat(results.median('latency', 'a', side, _p99))} | {added} "
+            f"| {vs_haproxy if side != DIRECT else '-'} |"
         )
 
     if any(results.get("workers", c.key, TG2W) for c in cases):
@@ -711,16 +730,29 @@ def render(
         "",
         f"### targets (issue 9; from the medians of this run's {setup['repeat']} repeat(s))",
         "",
-        "| target | measured | target | naive aiohttp proxy (reference) | verdict |",
+        "| target | tunnelguard | target | naive aiohttp proxy (this run) | verdict |",
         "|---|--:|--:|--:|---|",
     ]
     for row in targets:
         limit = _fmt_target(row["limit"], row["unit"])
+        naive = row["naive_measured"]
         lines.append(
             f"| {row['target']} | {_fmt_target(row['measured'], row['unit'])} "
-            f"| {'>=' if row['at_least'] else '<='} {limit} | {row['reference_naive_proxy']} "
+            f"| {'>=' if row['at_least'] else '<='} {limit} "
+            f"| {'-' if naive is None else _fmt_target(naive, row['unit'])} "
             f"| **{row['verdict']}** |"
         )
+    references = "; ".join(
+        f"{row['target']} {row['reference_naive_proxy']}"
+        for row in targets
+        if row["reference_naive_proxy"] != "-"
+    )
+    lines += [
+        "",
+        "Verdicts are tunnelguard's; the naive column is `bench/naive.py` measured the same way "
+        "in this run.  Issue 9's reference figures for its 60-line naive proxy (measured once, "
+        f"on a 2-CPU machine, not in this run): {references}.",
+    ]
     if setup["repeat"] < 3:
         lines += ["", "(targets are defined on medians of 3 repeats: this run is a quick look)"]
     return "\n".join(lines)
@@ -799,12 +831,8 @@ def choose_layout(args: argparse.Namespace) -> tuple[Layout, list[str]]:
 
 
 def plan(cases: Sequence[Scenario], connections: int, workers: bool) -> list[Cell]:
-    cells = [
-        Cell("load", case, side, connections)
-        for case in cases
-        for side in (DIRECT, NGINX, HAPROXY, TG)
-    ]
-    cells += [Cell("latency", cases[0], side, 1) for side in (DIRECT, NGINX, HAPROXY, TG)]
+    cells = [Cell("load", case, side, connections) for case in cases for side in SINGLE_CORE]
+    cells += [Cell("latency", cases[0], side, 1) for side in SINGLE_CORE]
     if workers:
         cells += [
             Cell("workers", case, side, connections)
@@ -848,6 +876,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
         haproxy, tmp, upstream, procs, layout, layout.proxy_cpus, args.haproxy_bufsize
     )
     servers[TG] = start_tunnelguard(TG, LABELS[TG], tmp, upstream, procs, layout, layout.proxy_cpus)
+    servers[NAIVE] = start_naive(tmp, upstream, procs, layout, layout.proxy_cpus)
     if not args.no_workers:
         wide = layout.wide_cpus
         servers[TG1W] = start_tunnelguard(TG1W, LABELS[TG1W], tmp, upstream, procs, layout, wide)
@@ -918,10 +947,12 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
         f"{servers[HAPROXY].version} (tune.bufsize {args.haproxy_bufsize})",
         wrk.version,
         servers[TG].version,
+        servers[NAIVE].version,
     ]
     if layout.taskset is not None:
         layout_text = (
-            f"proxies (nginx proxy_pass: 1 worker; HAProxy: nbthread 1; tunnelguard: 1 worker) "
+            f"proxies (nginx proxy_pass: 1 worker; HAProxy: nbthread 1; tunnelguard: 1 worker; "
+            f"the naive aiohttp proxy: 1 process) "
             f"pinned to CPU {layout.proxy_cpus[0]}; wrk -t1, the upstream nginx (1 worker) and "
             f"this script pinned to CPU {layout.load_cpus[0]}; the --workers section pins "
             f"tunnelguard to CPUs {','.join(map(str, layout.wide_cpus))}"
