@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -47,6 +49,8 @@ MAX_HEAD = 64 * 1024
 HIGH_WATER = 256 * 1024  # body bytes buffered before reading from the upstream pauses
 LOW_WATER = 64 * 1024
 
+# control bytes other than HTAB: no client may receive them in a header (RFC 9110 5.5)
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that get `Content-Length: 0`
 
 
@@ -119,6 +123,7 @@ class Response:
         "_size",
         "_waiter",
         "content_length",
+        "control_bytes",
         "raw_headers",
         "reason",
         "status",
@@ -131,8 +136,10 @@ class Response:
         reason: str,
         raw_headers: list[tuple[bytes, bytes]],
         content_length: int | None,
+        control_bytes: bool,
     ) -> None:
         self._conn: _Connection | None = conn
+        self.control_bytes = control_bytes  # in the reason phrase or a header value
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
@@ -153,6 +160,16 @@ class Response:
     def is_eof(self) -> bool:
         """The whole body has been read (and handed out)."""
         return self._done and not self._chunks
+
+    def take_complete(self) -> list[bytes] | None:
+        """The whole body if it has already arrived (small bodies come with the head),
+        else None and nothing is taken."""
+        if not self._done or self._error is not None:
+            return None
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return chunks
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body's chunks as they arrive; raises `ClientFailure` if it cannot end."""
@@ -213,7 +230,7 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
@@ -221,6 +238,7 @@ class _Connection(asyncio.Protocol):
         self._reason = bytearray()
         self._head_bytes = 0  # received while waiting for the head
         self._head_size = 0  # header bytes of the response being parsed
+        self._control_bytes = False
         self._skip_body = False  # the response to a HEAD has no body
         self._complete = False  # the current response ended cleanly
         self._reusable = False
@@ -263,9 +281,6 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
 
     def abort(self) -> None:
         self.closed = True
@@ -310,9 +325,6 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         self.pool.forget(self)
         response = self._response
         if response is not None and not self._complete and self._until_eof(response):
@@ -339,6 +351,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers = []
         self._head_size = 0
+        self._control_bytes = False
         self._reason.clear()
 
     def on_status(self, status: bytes) -> None:
@@ -348,6 +361,8 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
+        if _CTL.search(value) is not None:
+            self._control_bytes = True
         if size > MAX_FIELD:
             raise MalformedResponse(f"a response header line over {MAX_FIELD} bytes")
         self._head_size += size + 4
@@ -366,7 +381,9 @@ class _Connection(asyncio.Protocol):
         for name, value in self._headers:
             if name.lower() == b"content-length":
                 length = int(value)  # llhttp has checked it is one number
-        response = Response(self, status, self._reason.decode("latin-1"), self._headers, length)
+        reason = self._reason.decode("latin-1")
+        control = self._control_bytes or _CTL.search(self._reason) is not None
+        response = Response(self, status, reason, self._headers, length, control)
         self._response = response
         self._head = None
         if self._skip_body or status in (204, 304):
@@ -417,6 +434,7 @@ class Pool:
     def __init__(self) -> None:
         self._idle: dict[Endpoint, list[_Connection]] = {}
         self._open: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def send(
         self,
@@ -486,13 +504,14 @@ class Pool:
 
     def _reuse(self, key: Endpoint) -> _Connection | None:
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        fresh = time.monotonic() - IDLE_TIMEOUT
         while idle:
             conn = idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
-            if not conn.closed:
+            if not conn.closed and conn.idle_since > fresh:
                 return conn
+            conn.close()
         return None
 
     async def _connect(self, key: Endpoint, seconds: float) -> _Connection:
@@ -519,8 +538,21 @@ class Pool:
         if len(idle) >= MAX_IDLE_PER_ENDPOINT:
             conn.close()
             return
+        conn.idle_since = time.monotonic()
         idle.append(conn)
-        conn.idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, conn.close)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than IDLE_TIMEOUT (checked every second)."""
+        self._sweeper = None
+        stale = time.monotonic() - IDLE_TIMEOUT
+        for idle in self._idle.values():
+            for conn in [c for c in idle if c.idle_since <= stale]:
+                idle.remove(conn)
+                conn.close()
+        if any(self._idle.values()):
+            self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     def forget(self, conn: _Connection) -> None:
         self._open.discard(conn)
@@ -530,6 +562,9 @@ class Pool:
 
     async def close(self) -> None:
         """Close every connection (at shutdown)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._open):
             conn.close()
         self._idle.clear()

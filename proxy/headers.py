@@ -123,21 +123,29 @@ def _as_written(value: bytes) -> str:
         return value.decode("latin-1")
 
 
+_RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length"})
+
+
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Upstream response headers to pass on: hop-by-hop, framing and any verdict
-    the upstream tried to state (`Tunnelguard-*`) removed; `Via` appended."""
-    headers = [(k.decode("latin-1"), _as_written(v)) for k, v in raw]
-    drop = HOP_BY_HOP | _connection_tokens(headers) | {"content-length"}
-    out: Headers = []
+    the upstream tried to state (`Tunnelguard-*`) removed; `Via` appended.
+
+    One pass over the raw bytes (this runs for every response): names listed in
+    `Connection` are only known at the end, so they are filtered out afterwards."""
+    kept: list[tuple[bytes, str, str]] = []
+    listed: set[bytes] = set()
     via: list[str] = []
-    for name, value in headers:
+    for name, value in raw:
         lower = name.lower()
-        if lower in drop or lower.startswith(_VERDICT_PREFIX):
+        if lower in _RESPONSE_DROP or lower.startswith(b"tunnelguard-"):
+            if lower == b"connection":
+                listed.update(t.strip() for t in value.lower().split(b","))
             continue
-        if lower == "via":
-            _add(via, value)
+        if lower == b"via":
+            _add(via, _as_written(value))
             continue
-        out.append((name, value))
+        kept.append((lower, name.decode("latin-1"), _as_written(value)))
+    out: Headers = [(n, v) for lower, n, v in kept if lower not in listed]
     out.append(("Via", ", ".join([*via, VIA])))
     return out
 

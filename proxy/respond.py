@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from . import headers as h
 from .client import Response
@@ -35,10 +36,11 @@ def start(
     closing: bool,
     buffered: bool = False,
 ) -> web.StreamResponse:
-    response = (_BufferedResponse if buffered else web.StreamResponse)(status=status, reason=reason)
-    target = response.headers
-    for name, value in with_retry_after(status, headers, retry_after):
-        target.add(name, value)
+    response = (_BufferedResponse if buffered else web.StreamResponse)(
+        status=status,
+        reason=reason,
+        headers=CIMultiDict(with_retry_after(status, headers, retry_after)),
+    )
     if closing:
         response.force_close()
     return response
@@ -114,6 +116,9 @@ async def relay(
 async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
     """Read the body up to `limit` bytes; (chunks, True) when it ended within the limit.
     The bound caps the memory one in-flight response can hold."""
+    arrived = resp.take_complete()
+    if arrived is not None:  # the usual case for small bodies: no waiting at all
+        return arrived, sum(map(len, arrived)) <= limit
     chunks: list[bytes] = []
     size = 0
     async for chunk in iter_body(resp):

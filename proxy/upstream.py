@@ -10,7 +10,6 @@ deadline of ours arrives as a bare `TimeoutError`.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import ssl
 import time
@@ -197,9 +196,6 @@ async def send(
     return Attempt(response, time.perf_counter() - started)
 
 
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes other than HTAB
-
-
 def malformed_head(response: Response) -> bool:
     """A response head we must not pass on (SPEC 7: answer 502 instead): a status outside
     100-599 (RFC 9110 15), a 101 to a request that asked for no upgrade, a transfer coding
@@ -207,12 +203,10 @@ def malformed_head(response: Response) -> bool:
     the reason phrase or a header value (RFC 9110 5.5) that no client may receive."""
     if not 100 <= response.status <= 599 or response.status == 101:
         return True
+    if response.control_bytes:
+        return True
     coding = response.header(b"transfer-encoding")
-    if coding is not None and coding.strip().lower() != "chunked":
-        return True
-    if response.reason and _CTL.search(response.reason):
-        return True
-    return any(_CTL.search(value.decode("latin-1")) for _, value in response.raw_headers)
+    return coding is not None and coding.strip().lower() != "chunked"
 
 
 async def iter_body(response: Response) -> AsyncIterator[bytes]:
