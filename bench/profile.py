@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,8 @@ def main() -> int:
         raw = tmp / "profile.txt"
         if not args.no_spy:
             argv = [spy, "record", "--pid", str(tg.proc.pid), "--rate", "500", "--format", "raw"]
+            if os.environ.get("PROFILE_NATIVE"):
+                argv.append("--native")
             argv += ["--output", str(raw), "--duration", str(args.duration), "--nonblocking"]
             sampler = procs.start(
                 "py-spy", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

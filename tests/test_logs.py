@@ -57,6 +57,48 @@ async def test_access_lines_are_flushed_soon_not_at_once() -> None:
     assert Counting.flushes == 2
 
 
+async def test_an_unbuffered_stdout_gets_one_write_per_burst() -> None:
+    """The image runs Python with PYTHONUNBUFFERED=1: stdout writes straight through, so the
+    buffering must be the log's own (once a write system call per request)."""
+    import asyncio
+
+    class Unbuffered(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            Unbuffered.writes += 1
+            return super().write(text)
+
+    out = Unbuffered()
+    log = Log("json", stream=out)
+    log.event("startup")
+    assert Unbuffered.writes == 1
+    for i in range(100):
+        log.access(route="r", code=200, n=i)
+    assert Unbuffered.writes == 1  # nothing written yet
+    await asyncio.sleep(0.2)
+    assert Unbuffered.writes == 2  # the 100 lines in one write
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["startup"] + ["request"] * 100
+    assert [json.loads(line)["n"] for line in lines[1:]] == list(range(100))
+    log.access(route="r", code=200, n=100)
+    log.event("shutdown")  # an event writes the access lines before it, in order
+    assert [json.loads(line).get("n") for line in out.getvalue().splitlines()[-2:]] == [100, None]
+
+
+async def test_a_large_burst_is_written_without_waiting() -> None:
+    """Memory for waiting lines is bounded: past FLUSH_SIZE they are written at once."""
+    from proxy.logs import FLUSH_SIZE
+
+    out = io.StringIO()
+    log = Log("json", stream=out)
+    pad = "x" * 1000
+    for _ in range(FLUSH_SIZE // 1000 + 5):
+        log.access(pad=pad)
+    written = out.getvalue().count("\n")
+    assert 0 < written < FLUSH_SIZE // 1000 + 5  # most were written, the rest wait
+
+
 def test_time_stamps_are_consistent() -> None:
     out = io.StringIO()
     log = Log("json", stream=out)
