@@ -30,7 +30,7 @@ import functools
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -51,6 +51,10 @@ LOW_WATER = 64 * 1024
 
 # control bytes other than HTAB: no client may receive them in a header (RFC 9110 5.5)
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# How long a request with `Expect: 100-continue` waits for the upstream's 100 (or final
+# answer) before its body is sent anyway: an HTTP/1.0 upstream never sends a 100 (RFC
+# 9110 10.1.1); curl waits 1 s too.
+CONTINUE_TIMEOUT = 1.0
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that get `Content-Length: 0`
 
 
@@ -245,6 +249,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._continue: asyncio.Future[None] | None = None  # the upstream's 100
 
     # -- a request ---------------------------------------------------------------------------
 
@@ -373,6 +378,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
+            waiting = self._continue
+            if status == 100 and waiting is not None and not waiting.done():
+                waiting.set_result(None)  # the upstream wants the body
             return  # informational (100, 103): the final response follows
         head = self._head
         if head is None or head.done():
@@ -447,12 +455,19 @@ class Pool:
         length: int | None,
         connect_timeout: float,
         head_timeout: float,
+        on_continue: Callable[[], Awaitable[None]] | None = None,
     ) -> Response:
         """Send one request and return its response once the head is in.
 
         `target` is the path and query as the client sent them (appended to the base
         URL's path).  `body` bytes are sent with their length; an iterator with
-        `length` (the client's Content-Length) or else chunked."""
+        `length` (the client's Content-Length) or else chunked.
+
+        `on_continue` set (the client sent `Expect: 100-continue`): the expectation goes
+        upstream, and the body is sent only once the upstream answers 100 (or stays
+        silent for CONTINUE_TIMEOUT), after `on_continue` has told the client to send it.
+        A final answer that comes first is returned and the body is never read: the
+        upstream refused it early (RFC 9110 10.1.1)."""
         key = endpoint(base_url)
         conn = self._reuse(key) or await self._connect(key, connect_timeout)
         head = conn.begin(method == "HEAD")
@@ -467,6 +482,8 @@ class Pool:
             lines.append(f"{name}: {value}\r\n")
         if not has_host:
             lines.append(f"Host: {key.authority}\r\n")
+        if on_continue is not None:
+            lines.append("Expect: 100-continue\r\n")
         streamed = body is not None and not isinstance(body, bytes)
         if isinstance(body, bytes):
             lines.append(f"Content-Length: {len(body)}\r\n")
@@ -484,6 +501,11 @@ class Pool:
                 conn.write(data + body)  # one write, one packet for small requests
             else:
                 conn.write(data)
+            if streamed and on_continue is not None and not await _go_ahead(conn, head):
+                conn._reusable = False  # the upstream may still wait for the body
+                return await _head_within(head, head_timeout)
+            if on_continue is not None:
+                await on_continue()
             if streamed:
                 assert body is not None and not isinstance(body, bytes)
                 writer = asyncio.ensure_future(_write_body(conn, body, chunked=length is None))
@@ -569,6 +591,20 @@ class Pool:
             conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports run their connection_lost
+
+
+async def _go_ahead(conn: _Connection, head: asyncio.Future[Response]) -> bool:
+    """After a request head with `Expect: 100-continue`: True to send the body (the
+    upstream answered 100, or nothing within CONTINUE_TIMEOUT), False when its final
+    answer came first."""
+    waiting = conn._continue = asyncio.get_running_loop().create_future()
+    try:
+        await asyncio.wait((waiting, head), timeout=CONTINUE_TIMEOUT,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    finally:
+        conn._continue = None
+        waiting.cancel()
+    return not head.done()
 
 
 async def _head_within(head: asyncio.Future[Response], seconds: float) -> Response:

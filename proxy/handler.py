@@ -166,9 +166,13 @@ class Proxy:
             url = target_url(route.base_url, target)
             return await self._tunnel(request, route, guard, out_headers, url, trace_id, outcome)
         body = RequestBody(None)
+        on_continue = None
         if request.body_exists:
-            await _continue(request)
-            body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
+            if _expects_continue(request):  # end to end: the upstream decides (SPEC 7)
+                body = RequestBody(None, request.content, length=request.content_length)
+                on_continue = _Continue(request)
+            else:
+                body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
         guard.budget.record_request()
         held: Plan | None = None  # a failed attempt kept until its retry is admitted
         retry_reason = ""
@@ -194,7 +198,7 @@ class Proxy:
                 try:
                     attempt = await send(
                         self._pool, upstream, request.method, route.base_url, target,
-                        out_headers, body,
+                        out_headers, body, on_continue,
                     )  # fmt: skip
                 except UpstreamFailure as failed:
                     plan = Plan(failure=failed.failure)
@@ -480,12 +484,27 @@ class Proxy:
         )
 
 
-async def _continue(request: web.BaseRequest) -> None:
-    """Answer `Expect: 100-continue` (RFC 9110 10.1.1) before reading the body: the
-    client is waiting for it.  The expectation is met here, so it is not forwarded."""
-    if (
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return (
         request.version >= HttpVersion11
-        and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
-    ):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        and request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
+    )
+
+
+class _Continue:
+    """Tells the client to send its body (`100 Continue`, RFC 9110 10.1.1), once: called
+    when the upstream has answered the forwarded expectation with its own 100."""
+
+    __slots__ = ("_request", "_sent")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self._sent = False
+
+    async def __call__(self) -> None:
+        if self._sent:
+            return
+        self._sent = True
+        writer = self._request.writer
+        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.output_size = 0  # an interim response: the real one has not started

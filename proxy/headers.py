@@ -70,7 +70,7 @@ def request_headers(
     drop = HOP_BY_HOP | _connection_tokens(headers)
     if new_trace:
         drop = drop | {"tracestate"}
-    drop = drop | {"expect"}  # answered by the proxy itself (100-continue)
+    drop = drop | {"expect"}  # 100-continue is the proxy's to forward (client.Pool.send)
     out: Headers = []
     host = ""
     xff: list[str] = []

@@ -13,7 +13,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -170,6 +170,7 @@ async def send(
     target: str,
     headers: Headers,
     body: RequestBody,
+    on_continue: Callable[[], Awaitable[None]] | None = None,
 ) -> Attempt:
     """Send one request and wait for the response head; raise UpstreamFailure.
 
@@ -188,6 +189,7 @@ async def send(
             length=body.length,
             connect_timeout=timeouts.connect,
             head_timeout=timeouts.response,
+            on_continue=on_continue,
         )
     except asyncio.CancelledError:
         raise

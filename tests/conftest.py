@@ -40,8 +40,13 @@ class Running:
     admin: str
     log: io.StringIO
 
+    def log_text(self) -> str:
+        """Everything logged so far (access lines wait up to 100 ms in the log's buffer)."""
+        self.app.log.flush()
+        return self.log.getvalue()
+
     def log_records(self, event: str = "request") -> list[dict[str, object]]:
-        records = [json.loads(line) for line in self.log.getvalue().splitlines()]
+        records = [json.loads(line) for line in self.log_text().splitlines()]
         return [r for r in records if r.get("event") == event]
 
     @property

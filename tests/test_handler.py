@@ -661,7 +661,7 @@ async def test_access_log_line_per_request(proxied: Proxied, client: aiohttp.Cli
     assert record["failure"] is None
     assert record["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert "time" in record
-    assert "invalid_auth" not in tg.log.getvalue()  # bodies are never logged
+    assert "invalid_auth" not in tg.log_text()  # bodies are never logged
 
 
 async def test_inspected_503_uses_retry_after_from_the_body(
@@ -717,33 +717,105 @@ async def test_trace_context_is_forwarded_or_restarted(
     assert (("tracestate", "vendor=abc") in sent) is kept
 
 
-async def test_expect_100_continue(proxied: Proxied) -> None:
-    """curl sends `Expect: 100-continue` for large uploads and waits for the 100."""
-    _, tg = proxied
-    host, port = tg.url.removeprefix("http://").split(":")
+async def _expecting(
+    url: str, path: str, length: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw client that sends a request head with `Expect: 100-continue` (as curl does
+    for large uploads) and no body yet."""
+    host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    body = b"x" * 1000
     writer.write(
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
     )
     await writer.drain()
+    return reader, writer
+
+
+async def _final(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    return head, await reader.readexactly(length)
+
+
+async def test_expect_100_continue_end_to_end(proxied: Proxied) -> None:
+    """The expectation goes upstream (SPEC 7, RFC 9110 10.1.1); the client gets its 100
+    once the upstream sent one, then the body flows."""
+    _, tg = proxied
+    reader, writer = await _expecting(tg.url, "/echo", 1000)
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-    writer.write(body)
+    writer.write(b"x" * 1000)
     await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 200")
-    length = int(
-        next(
-            line.split(b":")[1]
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-    )
-    echoed = orjson.loads(await reader.readexactly(length))
+    head, body = await _final(reader)
     writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    echoed = orjson.loads(body)
     assert echoed["length"] == 1000
-    assert "expect" not in {k.lower() for k, _ in echoed["headers"]}
+    assert ("expect", "100-continue") in {(k.lower(), v) for k, v in echoed["headers"]}
+
+
+async def test_an_upstream_refuses_an_expected_body_early(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory
+) -> None:
+    """An upstream that answers the expectation with a final status gets no body, and the
+    client gets that answer without ever sending its (large) body: nothing is buffered."""
+    received: list[int] = []
+
+    async def refuse(request: web.Request) -> web.StreamResponse | None:
+        return web.Response(status=401, text="no", headers={"WWW-Authenticate": "Bearer"})
+
+    async def upload(request: web.Request) -> web.Response:
+        received.append(len(await request.read()))
+        return web.Response(text="stored")
+
+    app = web.Application()
+    app.router.add_post("/upload", upload, expect_handler=refuse)
+    upstream = await start_upstream(app)
+    tg = await start_proxy(config_yaml(upstream.url))
+    reader, writer = await _expecting(tg.url, "/upload", 50 << 20)
+    head, body = await _final(reader)  # the body (50 MiB) was never sent
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert b"WWW-Authenticate: Bearer" in head
+    assert body == b"no"
+    assert received == []  # the upload handler never ran
+
+
+async def test_an_upstream_that_never_sends_100_still_gets_the_body(
+    start_proxy: ProxyFactory,
+) -> None:
+    """An HTTP/1.0-era upstream ignores the expectation and waits for the body: after
+    client.CONTINUE_TIMEOUT the proxy tells the client to go ahead and sends it."""
+    got: list[bytes] = []
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        got.append(head + await r.readexactly(5))
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        tg = await start_proxy(config_yaml(f"http://127.0.0.1:{port}"))
+        reader, writer = await _expecting(tg.url, "/x", 5)
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        await writer.drain()
+        head, body = await _final(reader)
+        writer.close()
+    finally:
+        server.close()
+    assert head.startswith(b"HTTP/1.1 200") and body == b"ok"
+    assert got[0].endswith(b"\r\n\r\nhello")
+    assert b"Expect: 100-continue" in got[0]
 
 
 @pytest.mark.parametrize(
@@ -765,4 +837,4 @@ async def test_upstream_userinfo_is_basic_auth_unless_the_client_sends_its_own(
         echoed = orjson.loads(await r.read())
     sent = {k.lower(): v for k, v in echoed["headers"]}
     assert sent["authorization"] == expected
-    assert "s3cret" not in tg.log.getvalue()
+    assert "s3cret" not in tg.log_text()

@@ -217,6 +217,65 @@ async def test_ambiguous_upstream_framing_is_502(
     _assert_problem(status, h, doc, "http_protocol_error", "5")
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)),
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\n",
+    ],
+    ids=["head over 64 KiB", "one line over 8190 B"],
+)
+async def test_an_oversized_upstream_head_is_502(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    head: bytes,
+) -> None:
+    """Bounded memory per response: a head the proxy will not hold is a malformed response."""
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(head + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    tg = await start_proxy(upstream_yaml(await raw_server(big)))
+    status, h, doc = await _problem(client, tg.url + "/x")
+    assert status == 502
+    _assert_problem(status, h, doc, "http_protocol_error", "5")
+
+
+async def test_interim_responses_are_dropped(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    """103 Early Hints (and an unsolicited 100) before the final response: the final one is
+    forwarded, and the connection is reused for the next request."""
+    heads = connections = 0
+
+    async def hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal heads, connections
+        connections += 1
+        while True:
+            try:
+                await _read_head(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            heads += 1
+            writer.write(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+            )
+            await writer.drain()
+
+    tg = await start_proxy(upstream_yaml(await raw_server(hints)))
+    for _ in range(3):
+        async with client.get(tg.url + "/x") as r:
+            assert (r.status, await r.read()) == (200, b"ok")
+            assert "Link" not in r.headers
+    assert (heads, connections) == (3, 1)
+
+
 async def test_max_concurrency_reached(
     start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
