@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import statistics
@@ -708,3 +709,26 @@ async def test_upstream_cannot_forge_a_verdict_and_xff_is_appended(spawn: Spawn)
     xff = "X-Forwarded-For: 6.6.6.6\r\n"  # appended to, never trusted
     answer, _ = await exchange(proc, request(path="/headers", headers=xff))
     assert json.loads(answer.body)["xff"] == ["6.6.6.6, 127.0.0.1"]
+
+
+async def test_curl_upload_with_expect_100_continue(spawn: Spawn, tmp_path: Path) -> None:
+    """SPEC 7: `Expect: 100-continue` works end to end, with the real curl (which sends it
+    for large uploads and waits for the 100): the expectation reaches the upstream, curl gets
+    the 100, the upstream reads the whole body."""
+    proc, recorder = await spawn()
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(os.urandom(800 << 10))  # under the test upstream's 1 MiB limit
+    done = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-v", "--data-binary", f"@{upload}",
+        "-H", "Content-Type: application/octet-stream",
+        "-H", "Expect: 100-continue", "--expect100-timeout", "5",
+        f"http://{proc.host}:{proc.port}/upload",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(done.communicate(), 30)
+    assert done.returncode == 0, err.decode()
+    assert "< HTTP/1.1 100 Continue" in err.decode()
+    assert json.loads(out) == {"ok": True, "received": 800 << 10}, (out[:300], err.decode())
+    assert recorder.bodies == [upload.read_bytes()]
+    (head,) = recorder.upstream.seen
+    assert (b"Expect", b"100-continue") in head["headers"]
