@@ -244,6 +244,7 @@ class _Connection(asyncio.Protocol):
         self._head_size = 0  # header bytes of the response being parsed
         self._control_bytes = False
         self._skip_body = False  # the response to a HEAD has no body
+        self.spoiled = False  # the request was not sent whole: never reuse
         self._complete = False  # the current response ended cleanly
         self._reusable = False
         self._paused = False
@@ -255,7 +256,7 @@ class _Connection(asyncio.Protocol):
 
     def begin(self, head_only: bool) -> asyncio.Future[Response]:
         self._skip_body = head_only
-        self._complete = self._reusable = False
+        self._complete = self._reusable = self.spoiled = False
         self._response = None
         self._head_bytes = 0
         self._head = asyncio.get_running_loop().create_future()
@@ -276,7 +277,7 @@ class _Connection(asyncio.Protocol):
     def finished(self, body_read: bool) -> None:
         """The response was handed back: pool the connection or close it."""
         self._response = None
-        if body_read and self._complete and self._reusable and not self.closed:
+        if body_read and self._complete and self._reusable and not self.spoiled and not self.closed:
             self.pool.park(self)
         else:
             self.close()
@@ -502,7 +503,7 @@ class Pool:
             else:
                 conn.write(data)
             if streamed and on_continue is not None and not await _go_ahead(conn, head):
-                conn._reusable = False  # the upstream may still wait for the body
+                conn.spoiled = True  # the upstream may still wait for the body
                 return await _head_within(head, head_timeout)
             if on_continue is not None:
                 await on_continue()
@@ -513,7 +514,7 @@ class Pool:
                     await asyncio.wait((writer, head), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     if not writer.done():
-                        conn._reusable = False
+                        conn.spoiled = True
                         writer.cancel()  # the upstream answered before the body ended
                 sent = writer.done() and not writer.cancelled()
                 if sent and writer.exception() is not None and not head.done():

@@ -1,264 +1,43 @@
-"""The strict walker that turns a YAML document into a `Config`.
+"""The strict parser that turns a YAML document into a `Config`.
 
-Each `_section` function reads one part of the document, reports problems with the
-exact YAML path (and line), and substitutes the default so that parsing continues
-and every error is reported in one pass.
+Each `_section` function reads one part of the document through `configwalk.Walker`,
+which reports problems with the exact YAML path (and line), and substitutes the default
+so that parsing continues and every error is reported in one pass.  The `rules:` and
+`tests:` sections are read by `ruleparse`.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
 
-import orjson
-import re2
 from yarl import URL
 
 from .config import (
     ACTIONS,
-    BODIES,
     RETRY_REASONS,
-    AllOf,
-    AnyOf,
     BreakerPolicy,
-    Condition,
     Config,
     ConfigError,
     DrainConfig,
     InspectConfig,
-    Listen,
-    Not,
-    Problem,
     RetryPolicy,
     RouteConfig,
     RouteMatch,
-    RuleConfig,
-    RuleTest,
     ServerLimits,
-    StatusRange,
-    StatusSpec,
-    TestExpect,
-    TestResponse,
     Timeouts,
     UpstreamConfig,
-    When,
 )
-from .pointer import PointerError, compile_pointer
+from .configwalk import BAD, Walker, describe, render_path
 from .presets import PRESET_NAMES
+from .ruleparse import parse_rules, parse_tests
 from .yamlsrc import Path, Source
 
-T = TypeVar("T")
-_BAD: Any = object()  # a value that failed to parse; the caller falls back to the default
+__all__ = ["parse_document", "render_path"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"^([0-9]+)\s*(B|KiB|MiB|GiB)?$")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _STATUS_RANGE = re.compile(r"^([1-5][0-9][0-9])\s*-\s*([1-5][0-9][0-9])$")
 _INTEGER = re.compile(r"[-+]?[0-9]{1,19}")
 _MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/(?:\*|\*?[a-z0-9!#$&^_.+-]+)$")
-# RE2 is linear in the input, but its fast engine gives up on large programs and the
-# fallback costs program size x input: `(?s).{0,1000}z` (size 8005) took ~10 s on 1 MiB of
-# CJK text on the event loop, `.{0,100}` (805) 2 ms.  Larger patterns are refused at load.
-MAX_REGEX_PROGRAM = 1000
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-
-
-def render_path(path: Path) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-class _Walker:
-    def __init__(self, source: Source) -> None:
-        self.source = source
-        self.problems: list[Problem] = []
-
-    # -- reporting -------------------------------------------------------------------------
-    def error(self, path: Path, message: str, *, at_key: bool = False) -> None:
-        mark = self.source.key_marks.get(path) if at_key else None
-        mark = mark or self.source.mark(path)
-        line, col = (mark.line, mark.col) if mark else (1, 1)  # no marks: an empty document
-        self.problems.append(Problem(self.source.file, line, col, render_path(path), message))
-
-    # -- shapes ----------------------------------------------------------------------------
-    def mapping(
-        self, value: object, path: Path, allowed: tuple[str, ...], required: tuple[str, ...] = ()
-    ) -> dict[str, object] | None:
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_describe(value)}")
-            return None
-        for key in value:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                suffix = f" (did you mean `{hint[0]}`?)" if hint else ""
-                known = ", ".join(allowed)
-                self.error(
-                    (*path, key), f"unknown key `{key}`{suffix}; known keys: {known}", at_key=True
-                )
-        for key in required:
-            if key not in value:
-                self.error(path, f"missing required key `{key}`")
-        return value
-
-    def sequence(self, value: object, path: Path) -> list[object] | None:
-        if not isinstance(value, list):
-            self.error(path, f"expected a list, got {_describe(value)}")
-            return None
-        return value
-
-    def field(
-        self,
-        m: Mapping[str, object],
-        key: str,
-        path: Path,
-        convert: Callable[[object, Path], T],
-        default: T,
-    ) -> T:
-        if key not in m:
-            return default
-        result = convert(m[key], (*path, key))
-        return default if result is _BAD else result
-
-    # -- scalar converters (return _BAD after reporting) -------------------------------------
-    def string(self, value: object, path: Path) -> str:
-        if not isinstance(value, str) or not value:
-            self.error(path, f"expected a non-empty string, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        return value
-
-    def name(self, value: object, path: Path) -> str:
-        text = self.string(value, path)
-        if text is not _BAD and not _NAME.fullmatch(text):
-            self.error(path, f"invalid name {text!r}: use letters, digits, `_`, `.`, `-`")
-            return _BAD  # type: ignore[no-any-return]
-        return text
-
-    def boolean(self, value: object, path: Path) -> bool:
-        if not isinstance(value, bool):
-            self.error(path, f"expected true or false, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        return value
-
-    def integer(self, value: object, path: Path, minimum: int = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, f"expected an integer, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        if value < minimum:
-            self.error(path, f"must be at least {minimum}, got {value}")
-            return _BAD  # type: ignore[no-any-return]
-        return value
-
-    def positive_int(self, value: object, path: Path) -> int:
-        return self.integer(value, path, 1)
-
-    def ratio(self, value: object, path: Path) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            self.error(path, f"expected a number from 0 to 1, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        return float(value)
-
-    def non_negative(self, value: object, path: Path) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.error(path, f"expected a number of at least 0, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        return float(value)
-
-    def duration(self, value: object, path: Path) -> float:
-        if value == 0 and not isinstance(value, bool):
-            return 0.0
-        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            hint = f" (did you mean `{value}s`?)" if number else ""
-            self.error(
-                path, f"expected a duration like 250ms, 2s or 1m, got {_describe(value)}{hint}"
-            )
-            return _BAD  # type: ignore[no-any-return]
-        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-    def positive_duration(self, value: object, path: Path) -> float:
-        seconds = self.duration(value, path)
-        if seconds is not _BAD and seconds <= 0:
-            self.error(path, "must be greater than 0")
-            return _BAD  # type: ignore[no-any-return]
-        return seconds
-
-    def size(self, value: object, path: Path) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            hint = ""
-            if isinstance(value, str) and re.fullmatch(r"[0-9]+\s*[KMG]B", value, re.I):
-                hint = f" (did you mean `{value[:-1].upper().rstrip()}iB`?)"
-            self.error(path, f"expected a size like 64KiB or 1MiB, got {_describe(value)}{hint}")
-            return _BAD  # type: ignore[no-any-return]
-        return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-    def listen(self, value: object, path: Path) -> Listen:
-        listen = Listen.parse(value) if isinstance(value, str) else None
-        if listen is None:
-            self.error(path, f"expected HOST:PORT such as 127.0.0.1:8080, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        return listen
-
-    def http_status(self, value: object, path: Path, error_only: bool = True) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-            self.error(path, f"expected an HTTP status code, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        if error_only and value < 400:
-            self.error(path, f"mapped statuses must be 4xx or 5xx, got {value}")
-            return _BAD  # type: ignore[no-any-return]
-        return value
-
-    def pointer(self, value: object, path: Path) -> str:
-        if not isinstance(value, str):
-            self.error(path, f"expected a JSON pointer such as /error, got {_describe(value)}")
-            return _BAD  # type: ignore[no-any-return]
-        try:
-            compile_pointer(value)
-        except PointerError as exc:
-            self.error(path, str(exc))
-            return _BAD  # type: ignore[no-any-return]
-        return value
-
-    def choice(self, choices: tuple[str, ...]) -> Callable[[object, Path], str]:
-        def convert(value: object, path: Path) -> str:
-            if value not in choices:
-                hint = difflib.get_close_matches(str(value), choices, n=1)
-                suffix = f" (did you mean `{hint[0]}`?)" if hint else ""
-                self.error(
-                    path, f"expected one of {', '.join(choices)}, got {_describe(value)}{suffix}"
-                )
-                return _BAD  # type: ignore[no-any-return]
-            return str(value)
-
-        return convert
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value)
-    return f"{type(value).__name__} {value!r}"
-
 
 # -- sections --------------------------------------------------------------------------------
 
@@ -269,7 +48,7 @@ _TOP_KEYS = (
 
 
 def parse_document(source: Source, upstream_url: str | None = None) -> Config:
-    w = _Walker(source)
+    w = Walker(source)
     doc = w.mapping(source.value, (), _TOP_KEYS, ("version", "upstreams", "routes"))
     if doc is None:
         raise ConfigError(w.problems)
@@ -277,7 +56,7 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
     if type(version) is not int or version != 1:
         w.error(
             ("version",),
-            f"unsupported version {version if type(version) is int else _describe(version)}; "
+            f"unsupported version {version if type(version) is int else describe(version)}; "
             "this build reads 1",
         )
     defaults = Config(upstreams=(), routes=())
@@ -288,7 +67,7 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
         if admin is not None:
             admin_listen = w.field(admin, "listen", ("admin",), w.listen, admin_listen)
     upstreams = _upstreams(w, doc["upstreams"], upstream_url) if "upstreams" in doc else ()
-    rules = _rules(w, doc.get("rules", []))
+    rules = parse_rules(w, doc.get("rules", []))
     # Names as declared, even where the entry itself has errors: those are reported once, at
     # the entry, not again at every reference.
     names = _declared_upstreams(doc.get("upstreams"))
@@ -300,7 +79,7 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
         listen=listen,
         admin_listen=admin_listen,
         rules=rules,
-        tests=_tests(w, doc.get("tests", []), {r.name for r in routes}, rule_names),
+        tests=parse_tests(w, doc.get("tests", []), {r.name for r in routes}, rule_names),
         inspect=_inspect(w, doc.get("inspect", {})),
         drain=_drain(w, doc.get("drain", {})),
         server=_server(w, doc.get("server", {})),
@@ -330,10 +109,10 @@ _UPSTREAM_KEYS = (
 )  # fmt: skip
 
 
-def _upstreams(w: _Walker, value: object, upstream_url: str | None) -> tuple[UpstreamConfig, ...]:
+def _upstreams(w: Walker, value: object, upstream_url: str | None) -> tuple[UpstreamConfig, ...]:
     path: Path = ("upstreams",)
     if not isinstance(value, dict):
-        w.error(path, f"expected a mapping of upstream names to settings, got {_describe(value)}")
+        w.error(path, f"expected a mapping of upstream names to settings, got {describe(value)}")
         return ()
     if not value:
         w.error(path, "at least one upstream is needed")
@@ -343,7 +122,7 @@ def _upstreams(w: _Walker, value: object, upstream_url: str | None) -> tuple[Ups
     result = []
     for name, spec in value.items():
         at = (*path, name)
-        if w.name(name, at) is _BAD:
+        if w.name(name, at) is BAD:
             continue
         m = w.mapping(spec, at, _UPSTREAM_KEYS, () if upstream_url else ("url",))
         if m is None:
@@ -368,9 +147,9 @@ def _upstreams(w: _Walker, value: object, upstream_url: str | None) -> tuple[Ups
     return tuple(result)
 
 
-def _upstream_url(w: _Walker, value: object, path: Path) -> str | None:
+def _upstream_url(w: Walker, value: object, path: Path) -> str | None:
     if not isinstance(value, str) or not value:
-        w.error(path, f"expected an http:// or https:// URL, got {_describe(value)}")
+        w.error(path, f"expected an http:// or https:// URL, got {describe(value)}")
         return None
     try:
         url = URL(value)
@@ -386,10 +165,10 @@ def _upstream_url(w: _Walker, value: object, path: Path) -> str | None:
     return value.rstrip("/")
 
 
-def _timeouts(w: _Walker, value: object, path: Path) -> Timeouts:
+def _timeouts(w: Walker, value: object, path: Path) -> Timeouts:
     m = w.mapping(value, path, ("connect", "response"))
     if m is None:
-        return _BAD  # type: ignore[no-any-return]
+        return BAD  # type: ignore[no-any-return]
     d = Timeouts()
     return Timeouts(
         connect=w.field(m, "connect", path, w.positive_duration, d.connect),
@@ -397,10 +176,10 @@ def _timeouts(w: _Walker, value: object, path: Path) -> Timeouts:
     )
 
 
-def _retry(w: _Walker, value: object, path: Path) -> RetryPolicy:
+def _retry(w: Walker, value: object, path: Path) -> RetryPolicy:
     m = w.mapping(value, path, ("attempts", "on", "backoff", "max_backoff", "budget"))
     if m is None:
-        return _BAD  # type: ignore[no-any-return]
+        return BAD  # type: ignore[no-any-return]
     d = RetryPolicy()
     on = d.on
     if "on" in m:
@@ -408,7 +187,7 @@ def _retry(w: _Walker, value: object, path: Path) -> RetryPolicy:
         if items is not None:
             choose = w.choice(RETRY_REASONS)
             picked = [choose(str(v), (*path, "on", i)) for i, v in enumerate(items)]
-            on = tuple(p for p in picked if p is not _BAD)
+            on = tuple(p for p in picked if p is not BAD)
     return RetryPolicy(
         attempts=w.field(m, "attempts", path, w.positive_int, d.attempts),
         on=on,
@@ -418,24 +197,24 @@ def _retry(w: _Walker, value: object, path: Path) -> RetryPolicy:
     )
 
 
-def _breaker(w: _Walker, value: object, path: Path) -> BreakerPolicy:
+def _breaker(w: Walker, value: object, path: Path) -> BreakerPolicy:
     m = w.mapping(value, path, ("failure_ratio", "min_requests", "window", "open_for"))
     if m is None:
-        return _BAD  # type: ignore[no-any-return]
+        return BAD  # type: ignore[no-any-return]
     d = BreakerPolicy()
 
     def failure_ratio(value: object, at: Path) -> float:
         ratio = w.ratio(value, at)
-        if ratio is not _BAD and ratio <= 0:
+        if ratio is not BAD and ratio <= 0:
             w.error(at, "must be greater than 0 (a ratio of 0 would open on success)")
-            return _BAD  # type: ignore[no-any-return]
+            return BAD  # type: ignore[no-any-return]
         return ratio
 
     def window(value: object, at: Path) -> float:
         seconds = w.duration(value, at)
-        if seconds is not _BAD and seconds < 1:
+        if seconds is not BAD and seconds < 1:
             w.error(at, "must be at least 1s (failures are counted per second)")
-            return _BAD  # type: ignore[no-any-return]
+            return BAD  # type: ignore[no-any-return]
         return seconds
 
     return BreakerPolicy(
@@ -452,7 +231,7 @@ _ROUTE_KEYS = (
 
 
 def _routes(
-    w: _Walker, value: object, upstreams: set[str] | None, rule_names: set[str]
+    w: Walker, value: object, upstreams: set[str] | None, rule_names: set[str]
 ) -> tuple[RouteConfig, ...]:
     items = w.sequence(value, ("routes",))
     if items is None:
@@ -522,10 +301,10 @@ def _shadows(a: RouteMatch, b: RouteMatch) -> bool:
     )
 
 
-def _match(w: _Walker, value: object, path: Path) -> RouteMatch:
+def _match(w: Walker, value: object, path: Path) -> RouteMatch:
     m = w.mapping(value, path, ("path_prefix", "host"))
     if m is None:
-        return _BAD  # type: ignore[no-any-return]
+        return BAD  # type: ignore[no-any-return]
     prefix = w.field(m, "path_prefix", path, w.string, "/")
     if not prefix.startswith("/"):
         w.error((*path, "path_prefix"), f"must start with '/', got {prefix!r}")
@@ -543,7 +322,7 @@ def _host_only(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _preset_options(w: _Walker, value: object, path: Path) -> tuple[tuple[int, int], ...]:
+def _preset_options(w: Walker, value: object, path: Path) -> tuple[tuple[int, int], ...]:
     m = w.mapping(value, path, ("jsonrpc",))
     if m is None or "jsonrpc" not in m:
         return ()
@@ -563,12 +342,12 @@ def _preset_options(w: _Walker, value: object, path: Path) -> tuple[tuple[int, i
             continue
         code = int(key)
         mapped = w.http_status(status, where)
-        if mapped is not _BAD:
+        if mapped is not BAD:
             result.append((code, mapped))
     return tuple(result)
 
 
-def _inspect(w: _Walker, value: object, path: Path = ("inspect",)) -> InspectConfig:
+def _inspect(w: Walker, value: object, path: Path = ("inspect",)) -> InspectConfig:
     d = InspectConfig()
     m = w.mapping(value, path, ("max_body_bytes", "max_decoded_bytes", "content_types", "statuses"))
     if m is None:
@@ -579,7 +358,7 @@ def _inspect(w: _Walker, value: object, path: Path = ("inspect",)) -> InspectCon
         types = ()
         for i, t in enumerate(listed):
             if not isinstance(t, str) or not _MEDIA_TYPE.fullmatch(t.lower()):
-                w.error((*path, "content_types", i), f"expected a media type, got {_describe(t)}")
+                w.error((*path, "content_types", i), f"expected a media type, got {describe(t)}")
             else:
                 types += (t.lower(),)
     statuses = d.statuses
@@ -593,7 +372,7 @@ def _inspect(w: _Walker, value: object, path: Path = ("inspect",)) -> InspectCon
                 continue
             match = _STATUS_RANGE.fullmatch(s) if isinstance(s, str) else None
             if match is None or int(match.group(1)) > int(match.group(2)):
-                w.error(at, f"expected a status or a range like 200-299, got {_describe(s)}")
+                w.error(at, f"expected a status or a range like 200-299, got {describe(s)}")
             else:
                 statuses += ((int(match.group(1)), int(match.group(2))),)
     return InspectConfig(
@@ -604,7 +383,7 @@ def _inspect(w: _Walker, value: object, path: Path = ("inspect",)) -> InspectCon
     )
 
 
-def _drain(w: _Walker, value: object, path: Path = ("drain",)) -> DrainConfig:
+def _drain(w: Walker, value: object, path: Path = ("drain",)) -> DrainConfig:
     d = DrainConfig()
     m = w.mapping(value, path, ("delay", "timeout"))
     if m is None:
@@ -621,7 +400,7 @@ _SERVER_KEYS = (
 )  # fmt: skip
 
 
-def _server(w: _Walker, value: object, path: Path = ("server",)) -> ServerLimits:
+def _server(w: Walker, value: object, path: Path = ("server",)) -> ServerLimits:
     d = ServerLimits()
     m = w.mapping(value, path, _SERVER_KEYS)
     if m is None:
@@ -634,253 +413,4 @@ def _server(w: _Walker, value: object, path: Path = ("server",)) -> ServerLimits
         max_connections=w.field(m, "max_connections", path, w.positive_int, d.max_connections),
         max_head_bytes=w.field(m, "max_head_bytes", path, w.size, d.max_head_bytes),
         max_request_body=w.field(m, "max_request_body", path, w.size, d.max_request_body),
-    )
-
-
-# -- rules -----------------------------------------------------------------------------------
-
-_RULE_KEYS = ("name", "when", "status", "action", "body", "retry_after_from")
-_TESTS = ("exists", "equals", "in", "matches", "nonempty")
-
-
-def _rules(w: _Walker, value: object) -> tuple[RuleConfig, ...]:
-    items = w.sequence(value, ("rules",))
-    result: list[RuleConfig] = []
-    seen: set[str] = set()
-    for i, spec in enumerate(items or ()):
-        at: Path = ("rules", i)
-        m = w.mapping(spec, at, _RULE_KEYS, ("name", "when", "status"))
-        if m is None:
-            continue
-        name = w.field(m, "name", at, w.name, f"rule{i}")
-        if name in PRESET_NAMES:
-            w.error((*at, "name"), f"{name!r} is a preset's name; choose another")
-        elif name in seen:
-            w.error((*at, "name"), f"duplicate rule name {name!r}")
-        seen.add(name)
-        when = _when(w, m.get("when"), (*at, "when"), 0) if "when" in m else None
-        status = _status(w, m.get("status"), (*at, "status")) if "status" in m else None
-        retry_from = w.field(m, "retry_after_from", at, w.pointer, None)
-        action = w.field(m, "action", at, w.choice(ACTIONS), "rewrite")
-        body = w.field(m, "body", at, w.choice(BODIES), "keep")
-        if when is not None and status is not None:
-            result.append(RuleConfig(name, when, status, action, body, retry_from))
-    return tuple(result)
-
-
-_MAX_WHEN_DEPTH = 16
-
-
-def _when(w: _Walker, value: object, path: Path, depth: int) -> When | None:
-    if depth > _MAX_WHEN_DEPTH:
-        w.error(path, f"conditions nested more than {_MAX_WHEN_DEPTH} deep")
-        return None
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("all", "any", "not"):
-        key = next(iter(value))
-        at = (*path, key)
-        if key == "not":
-            inner = _when(w, value[key], at, depth + 1)
-            return Not(inner) if inner is not None else None
-        items = w.sequence(value[key], at)
-        if items is not None and not items:
-            w.error(at, f"`{key}` needs at least one condition")
-        parsed = [_when(w, v, (*at, i), depth + 1) for i, v in enumerate(items or ())]
-        if any(p is None for p in parsed) or not parsed:
-            return None
-        conds = tuple(p for p in parsed if p is not None)
-        return AllOf(conds) if key == "all" else AnyOf(conds)
-    before = len(w.problems)
-    m = w.mapping(value, path, ("path", *_TESTS, "all", "any", "not"), ("path",))
-    if m is None:
-        return None
-    misspelt = len(w.problems) > before  # `equal: 1` is reported as an unknown key already
-    for key in ("all", "any", "not"):
-        if key in m:
-            w.error((*path, key), f"`{key}` must be the only key of its condition", at_key=True)
-            return None
-    ptr = w.field(m, "path", path, w.pointer, None)
-    tests = [k for k in _TESTS if k in m]
-    if not tests and misspelt:
-        return None
-    if len(tests) != 1:
-        w.error(path, f"a condition needs exactly one of {', '.join(_TESTS)}; got {len(tests)}")
-        return None
-    op = tests[0]
-    arg = m[op]
-    at = (*path, op)
-    if op in ("exists", "nonempty"):
-        if not isinstance(arg, bool):
-            w.error(at, f"expected true or false, got {_describe(arg)}")
-            return None
-    elif op == "in":
-        if not isinstance(arg, list) or not arg:
-            w.error(at, f"expected a non-empty list of values, got {_describe(arg)}")
-            return None
-        arg = tuple(arg)
-    elif op == "matches":
-        if not isinstance(arg, str):
-            w.error(at, f"expected a regular expression string, got {_describe(arg)}")
-            return None
-        try:
-            size = re2.compile(arg, _RE2_OPTIONS).programsize
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            w.error(
-                at,
-                f"invalid or non-linear regular expression {arg!r}: {reason} "
-                "(RE2 syntax: no backreferences or lookaround)",
-            )
-            return None
-        if size > MAX_REGEX_PROGRAM:
-            w.error(
-                at,
-                f"regular expression {arg!r} is too large to evaluate quickly (RE2 program "
-                f"size {size} > {MAX_REGEX_PROGRAM}); shrink large counted repetitions such "
-                "as .{0,1000}",
-            )
-            return None
-    if ptr is None:
-        return None
-    return Condition(ptr, op, arg)
-
-
-def _status(w: _Walker, value: object, path: Path) -> StatusSpec | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        fixed = w.http_status(value, path)
-        return None if fixed is _BAD else StatusSpec(fixed=fixed)
-    if not isinstance(value, dict):
-        w.error(
-            path,
-            f"expected a status code such as 502, or a mapping with `from`, got {_describe(value)}",
-        )
-        return None
-    m = w.mapping(value, path, ("from", "map", "ranges", "default"), ("from",))
-    if m is None:  # pragma: no cover - a dict always passes
-        return None
-    source = w.field(m, "from", path, w.pointer, None)
-    mapping: list[tuple[str, int]] = []
-    if "map" in m:
-        entries = w.mapping(
-            m["map"], (*path, "map"), tuple(m["map"] or ()) if isinstance(m["map"], dict) else ()
-        )
-        for key, status in (entries or {}).items():
-            mapped = w.http_status(status, (*path, "map", key))
-            if mapped is not _BAD:
-                mapping.append((key, mapped))
-    ranges: list[StatusRange] = []
-    for i, spec in enumerate(
-        w.sequence(m["ranges"], (*path, "ranges")) or () if "ranges" in m else ()
-    ):
-        at = (*path, "ranges", i)
-        r = w.mapping(spec, at, ("min", "max", "status"), ("min", "max", "status"))
-        if r is None or not all(k in r for k in ("min", "max", "status")):
-            continue
-        lo = w.integer(r["min"], (*at, "min"), -(2**63))
-        hi = w.integer(r["max"], (*at, "max"), -(2**63))
-        st = w.http_status(r["status"], (*at, "status"))
-        if _BAD in (lo, hi, st):
-            continue
-        if lo > hi:
-            w.error(at, f"min {lo} is greater than max {hi}")
-            continue
-        ranges.append(StatusRange(lo, hi, st))
-    default = w.field(m, "default", path, w.http_status, 502)
-    if source is None:
-        return None
-    return StatusSpec(source=source, map=tuple(mapping), ranges=tuple(ranges), default=default)
-
-
-# -- embedded tests --------------------------------------------------------------------------
-
-
-def _tests(
-    w: _Walker, value: object, routes: set[str], rule_names: set[str]
-) -> tuple[RuleTest, ...]:
-    items = w.sequence(value, ("tests",))
-    result = []
-    for i, spec in enumerate(items or ()):
-        at: Path = ("tests", i)
-        m = w.mapping(
-            spec,
-            at,
-            ("name", "route", "rules", "response", "expect"),
-            ("name", "response", "expect"),
-        )
-        if m is None:
-            continue
-        name = w.field(m, "name", at, w.string, f"test {i}")
-        route = w.field(m, "route", at, w.string, None)
-        rules: tuple[str, ...] | None = None
-        if route is not None and route not in routes:
-            w.error((*at, "route"), f"unknown route {route!r}")
-        if "rules" in m:
-            listed = w.sequence(m["rules"], (*at, "rules")) or []
-            rules = tuple(str(r) for r in listed)
-            for j, r in enumerate(rules):
-                if r not in rule_names:
-                    w.error((*at, "rules", j), f"unknown rule or preset {r!r}")
-        if (route is None) == (rules is None):
-            w.error(at, "a test names exactly one of `route` or `rules`")
-        response = _test_response(w, m["response"], (*at, "response")) if "response" in m else None
-        expect = _test_expect(w, m["expect"], (*at, "expect")) if "expect" in m else None
-        mark = w.source.mark(at)
-        if response is not None and expect is not None:
-            result.append(
-                RuleTest(name, route, rules, response, expect, mark.line if mark else None)
-            )
-    return tuple(result)
-
-
-def _expected_headers(w: _Walker, value: object, path: Path) -> tuple[tuple[str, str | None], ...]:
-    """Like `_headers`, but `null` means: this header must be absent."""
-    if not isinstance(value, dict):
-        w.error(path, f"expected a mapping of header names to values, got {_describe(value)}")
-        return ()
-    return tuple((str(k).lower(), None if v is None else str(v)) for k, v in value.items())
-
-
-def _headers(w: _Walker, value: object, path: Path) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        w.error(path, f"expected a mapping of header names to values, got {_describe(value)}")
-        return ()
-    return tuple((str(k).lower(), str(v)) for k, v in value.items())
-
-
-def _test_response(w: _Walker, value: object, path: Path) -> TestResponse | None:
-    m = w.mapping(value, path, ("status", "headers", "body"))
-    if m is None:
-        return None
-    d = TestResponse()
-    status = w.field(m, "status", path, lambda v, p: w.http_status(v, p, False), d.status)
-    headers = d.headers
-    if "headers" in m:
-        headers = _headers(w, m["headers"], (*path, "headers"))
-        if not any(name == "content-type" for name, _ in headers):
-            headers = (*d.headers, *headers)  # JSON unless the test says otherwise
-    body = m.get("body")
-    if "body" not in m:
-        raw = d.body
-    elif isinstance(body, str):
-        raw = body.encode()  # a string is the body's exact text (JSON or not)
-    else:
-        try:
-            raw = orjson.dumps(body)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            w.error((*path, "body"), f"cannot encode as JSON: {exc}")
-            return None
-    return TestResponse(status, headers, raw)
-
-
-def _test_expect(w: _Walker, value: object, path: Path) -> TestExpect | None:
-    m = w.mapping(value, path, ("status", "rule", "action", "headers"))
-    if m is None:
-        return None
-    rule = m.get("rule")
-    if "rule" in m and rule is not None and not isinstance(rule, str):
-        w.error((*path, "rule"), f"expected a rule name or null, got {_describe(rule)}")
-    return TestExpect(
-        status=w.field(m, "status", path, lambda v, p: w.http_status(v, p, False), None),
-        rule=("" if rule is None else str(rule)) if "rule" in m else None,
-        action=w.field(m, "action", path, w.choice(ACTIONS), None),
-        headers=_expected_headers(w, m["headers"], (*path, "headers")) if "headers" in m else (),
     )

@@ -95,7 +95,7 @@ class Proxy:
         """The upstream's live state; rebuilt only when its settings change."""
         upstream = route.upstream
         guard = self._guards.get(upstream.name)
-        if guard is None or guard.config != upstream:
+        if guard is None or (guard.config is not upstream and guard.config != upstream):
             on_state = None
             if upstream.circuit_breaker is not None:  # no series for upstreams without one
                 on_state = self._metrics.circuit_state.labels(upstream.name).set

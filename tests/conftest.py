@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import signal
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,3 +157,29 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+async def lying_upstream(start_upstream: UpstreamFactory) -> str:
+    """An upstream that tunnels a Slack-style auth error in a 200 on every GET path (the
+    `slack` preset rewrites it to 401); `?s=SECONDS` delays the answer."""
+    app = web.Application()
+
+    async def lie(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        return web.json_response({"ok": False, "error": "invalid_auth"})
+
+    app.router.add_get("/{tail:.*}", lie)
+    return (await start_upstream(app)).url
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10) -> None:
+    """SIGTERM every process still running (a master stops its workers), SIGKILL after
+    `timeout` seconds: only processes the test started, by PID."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from .conftest import ROOT, UpstreamFactory
+from .conftest import ROOT, UpstreamFactory, lying_upstream
 
 PY = [sys.executable, "-m", "proxy"]
 
@@ -74,23 +74,13 @@ def _fetch(url: str) -> tuple[int, dict[str, str], bytes]:
         return e.code, dict(e.headers), e.read()
 
 
-async def _lying_upstream(start_upstream: UpstreamFactory) -> str:
-    app = web.Application()
-
-    async def lie(request: web.Request) -> web.Response:
-        return web.json_response({"ok": False, "error": "invalid_auth"})
-
-    app.router.add_get("/{tail:.*}", lie)
-    return (await start_upstream(app)).url
-
-
 _run_in_thread = asyncio.to_thread
 
 
 async def test_run_with_embedded_default(
     start_upstream: UpstreamFactory, procs: list[subprocess.Popen[str]]
 ) -> None:
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     with_creds = upstream.replace("http://", "http://user:s3cret@")
     proc = _spawn(
         "run", "--upstream", with_creds, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"
@@ -119,7 +109,7 @@ async def test_run_with_embedded_default(
 async def test_env_configures_run(
     start_upstream: UpstreamFactory, procs: list[subprocess.Popen[str]]
 ) -> None:
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     proc = _spawn(
         "run",
         env={

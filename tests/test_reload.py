@@ -14,11 +14,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from proxy.reload import Attempt, carry_over, try_load
 
-from .conftest import ROOT, UpstreamFactory
+from .conftest import ROOT, UpstreamFactory, lying_upstream, stop_processes
 
 
 def config_text(upstream: str, action: str = "rewrite", extra: str = "") -> str:
@@ -71,25 +70,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Proc]]:
         return Proc(proc, log)
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def _lying_upstream(start_upstream: UpstreamFactory) -> str:
-    app = web.Application()
-
-    async def lie(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("s", "0")))
-        return web.json_response({"ok": False, "error": "invalid_auth"})
-
-    app.router.add_get("/{tail:.*}", lie)
-    return (await start_upstream(app)).url
+    stop_processes(procs, 10)
 
 
 async def _status(url: str) -> tuple[int, str | None]:
@@ -113,7 +94,7 @@ async def _reloads(admin: str) -> dict[str, float]:
 async def test_sighup_reloads_and_rejects(
     start_upstream: UpstreamFactory, spawn: Callable[..., Proc], tmp_path: Path, workers: str
 ) -> None:
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     path = tmp_path / "c.yaml"
     path.write_text(config_text(upstream))
     p = spawn("--config", str(path), "--workers", workers)
@@ -160,7 +141,7 @@ async def test_sighup_reloads_and_rejects(
 async def test_watch_reloads_on_file_change(
     start_upstream: UpstreamFactory, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     path = tmp_path / "c.yaml"
     path.write_text(config_text(upstream))
     p = spawn("--config", str(path), "--watch")
@@ -179,7 +160,7 @@ async def test_watch_reloads_on_file_change(
 async def test_in_flight_requests_finish_on_their_config(
     start_upstream: UpstreamFactory, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     path = tmp_path / "c.yaml"
     path.write_text(config_text(upstream))
     p = spawn("--config", str(path))

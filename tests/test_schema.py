@@ -1,6 +1,7 @@
 """config/schema.json, the JSON Schema that editors use to complete and check config files.
 
-The parser (proxy/configparse.py) is the authority; these tests keep the schema in step with it:
+The parser (proxy/configparse.py, proxy/ruleparse.py) is the authority; these tests keep the
+schema in step with it:
 
 - the schema is a valid draft 2020-12 schema, and every config file and every complete config
   example in the docs validates against it;
@@ -27,13 +28,14 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from proxy import configparse
+from proxy import config, configparse, configwalk, ruleparse
 from proxy.config import ConfigError, parse_text
 from proxy.configparse import parse_document
 from proxy.presets import PRESET_NAMES
 from proxy.yamlsrc import Source, load
 
 ROOT = Path(__file__).resolve().parent.parent
+PARSERS = (configparse, ruleparse)  # the modules whose `.mapping(...)` calls read the document
 SCHEMA_PATH = ROOT / "config" / "schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 VALIDATOR = Draft202012Validator(SCHEMA)
@@ -162,11 +164,11 @@ SITES = {
     ("_inspect", "path"): "/$defs/inspect",
     ("_drain", "path"): "/$defs/drain",
     ("_server", "path"): "/$defs/server",
-    ("_rules", "at"): "/$defs/rule",
+    ("parse_rules", "at"): "/$defs/rule",
     ("_when", "path"): "/$defs/when",
     ("_status", "path"): "/$defs/statusMapping",
     ("_status", "at"): "/$defs/statusRange",
-    ("_tests", "at"): "/$defs/test",
+    ("parse_tests", "at"): "/$defs/test",
     ("_test_response", "path"): "/$defs/testResponse",
     ("_test_expect", "path"): "/$defs/testExpect",
 }
@@ -180,12 +182,17 @@ OPEN_SITES = {
 }
 
 
+def _constant(name: str) -> object:
+    """A module-level constant of the parser, wherever it is defined."""
+    return next((getattr(m, name) for m in PARSERS if hasattr(m, name)), None)
+
+
 def _static_keys(node: ast.expr | None) -> tuple[str, ...] | None:
     """The keys a tuple expression of the parser's source names, or None when computed."""
     if node is None:
         return ()
     if isinstance(node, ast.Name):
-        value = getattr(configparse, node.id, None)
+        value = _constant(node.id)
         ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
         return value if ok else None
     if isinstance(node, ast.IfExp):  # `() if upstream_url else ("url",)`: either may apply
@@ -226,7 +233,8 @@ def _mapping_calls() -> dict[tuple[str, str], tuple[ast.expr | None, ast.expr | 
         for child in ast.iter_child_nodes(node):
             visit(child, function)
 
-    visit(ast.parse(inspect.getsource(configparse)), "<module>")
+    for module in PARSERS:
+        visit(ast.parse(inspect.getsource(module)), "<module>")
     return calls
 
 
@@ -301,25 +309,25 @@ def test_every_closed_schema_object_is_a_parser_mapping() -> None:
     ],
 )
 def test_named_key_sets_match_the_schema(constant: str, pointer: str) -> None:
-    assert set(getattr(configparse, constant)) == _schema_keys(pointer)
+    assert set(_constant(constant)) == _schema_keys(pointer)  # type: ignore[call-overload]
 
 
 def test_enums_match_the_parser() -> None:
-    assert _at("/$defs/action")["enum"] == list(configparse.ACTIONS)
-    assert _at("/$defs/body")["enum"] == list(configparse.BODIES)
+    assert _at("/$defs/action")["enum"] == list(config.ACTIONS)
+    assert _at("/$defs/body")["enum"] == list(config.BODIES)
     assert _at("/$defs/presetName")["enum"] == list(PRESET_NAMES)
     reasons = _at("/$defs/retryReason")["enum"]
-    assert [r for r in reasons if isinstance(r, str)] == list(configparse.RETRY_REASONS)
+    assert [r for r in reasons if isinstance(r, str)] == list(config.RETRY_REASONS)
     # the parser reads `on` items as text, so unquoted numbers are reasons too
-    numeric = [int(r) for r in configparse.RETRY_REASONS if r.isdigit()]
+    numeric = [int(r) for r in config.RETRY_REASONS if r.isdigit()]
     assert [r for r in reasons if isinstance(r, int)] == numeric
     condition = _at("/$defs/condition")["properties"]
-    assert set(condition) == {"path", *configparse._TESTS}
+    assert set(condition) == {"path", *ruleparse._TESTS}
 
 
 # -- SYNC: value syntax, checked by the parser's own converters -------------------------------
 
-_W = configparse._Walker
+_W = configwalk.Walker
 Convert = Callable[[_W, object], object]
 
 

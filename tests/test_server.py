@@ -25,7 +25,7 @@ from aiohttp import web
 from proxy import limits as lim
 from proxy.config import Listen, parse_text
 
-from .conftest import ROOT, Upstream, UpstreamFactory
+from .conftest import ROOT, Upstream, UpstreamFactory, stop_processes
 
 START_TIMEOUT = 15.0
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -153,14 +153,7 @@ async def spawn(start_upstream: UpstreamFactory, tmp_path: Path) -> AsyncIterato
         raise AssertionError(f"no startup line: {err.read_text()}")
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    stop_processes(procs, 10)
 
 
 # -- raw HTTP/1.1 on a socket ----------------------------------------------------------------

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from proxy.config import Listen
 from proxy.workers import ProxyPort, reuse_port_spreads
 
-from .conftest import ROOT, UpstreamFactory
+from .conftest import ROOT, UpstreamFactory, lying_upstream, stop_processes
 
 needs_reuse_port = pytest.mark.skipif(
     not reuse_port_spreads(), reason="SO_REUSEPORT does not balance here (Linux only)"
@@ -69,24 +68,7 @@ def master(tmp_path: Path) -> Iterator[Master]:
         return proc
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # the master stops its workers
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def _lying_upstream(start_upstream: UpstreamFactory) -> str:
-    app = web.Application()
-
-    async def lie(request: web.Request) -> web.Response:
-        return web.json_response({"ok": False, "error": "invalid_auth"})
-
-    app.router.add_get("/{tail:.*}", lie)
-    return (await start_upstream(app)).url
+    stop_processes(procs, 15)
 
 
 async def _served(log: Path, paths: int) -> dict[str, object]:
@@ -110,7 +92,7 @@ def _total(metrics: str, prefix: str) -> float:
 async def test_workers_serve_together_and_survive_a_crash(
     start_upstream: UpstreamFactory, master: Master, tmp_path: Path
 ) -> None:
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     log = tmp_path / "out.log"
     proc = master(
         log, "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
@@ -198,7 +180,7 @@ async def test_a_burst_of_connections_is_spread_over_the_workers(
     1/2): under 16 with probability 4e-5.  With one socket shared by the workers, the one
     awake first took most of a burst: under 16 for the other in about one burst in eight
     measured (4 of 64 at worst), and this test failed on it in 4 runs of 12."""
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     log = tmp_path / "out.log"
     proc = master(
         log, "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
@@ -308,7 +290,7 @@ async def test_a_worker_is_not_restarted_on_a_config_that_no_longer_loads(
 ) -> None:
     """A replacement loads the file as it is now; a broken one would make it exit at
     once, again and again, each time after taking a share of new connections."""
-    upstream = await _lying_upstream(start_upstream)
+    upstream = await lying_upstream(start_upstream)
     config = tmp_path / "c.yaml"
     good = (
         "version: 1\nlisten: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\n"

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""What could a Python proxy reach here?  CPU per request: HAProxy, tunnelguard, and two floors.
+
+Loads four proxies in turn with wrk, pinned like bench/run.py (the proxy on one CPU, wrk and
+the upstream nginx on the other), on bodies (a) and (b) of the benchmark, and prints for each
+req/s, p50 and the proxy's CPU time per request (user and system, from /proc):
+
+  haproxy   HAProxy 2.x, wait-for-body + the JSON rule (the peer of issue 9)
+  tunnelguard  the real thing, embedded default config
+  hybrid    aiohttp's low-level server + a raw httptools upstream client + orjson + the rule
+  lean      raw asyncio protocols on both sides (httptools parsers, uvloop) + orjson + the rule
+
+`hybrid` and `lean` are in this file (`--serve hybrid|lean`): each is the least code that does
+tunnelguard's job on the benchmark's bodies (forward, parse the JSON, rewrite `"ok": false` to
+401, pass the rest) with none of its features (limits, failure table, metrics, logs, retries).
+They bound what a redesign of tunnelguard's data path can reach: `lean` is what an
+asyncio-protocol server and client would cost, `hybrid` what replacing only the upstream
+client costs while aiohttp still serves the clients.
+
+    python3 bench/ceiling.py [--duration S] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
+
+
+# --------------------------------------------------------------------------- the two floors
+
+
+def serve(kind: str, upstream: str, port: int) -> None:
+    import httptools
+    import orjson
+    import uvloop
+
+    up_host, up_port = upstream.removeprefix("http://").split(":")
+    idle: list[Upstream] = []
+    tasks: set[asyncio.Future[None]] = set()
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+            self.done: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def on_message_begin(self) -> None:
+            self.headers: list[tuple[bytes, bytes]] = []
+            self.body: list[bytes] = []
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append((name, value))
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            assert self.done is not None
+            code = self.parser.get_status_code()
+            self.done.set_result((code, self.headers, b"".join(self.body)))
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(ConnectionError("upstream closed"))
+
+    async def fetch(
+        method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if idle:
+            conn = idle.pop()
+        else:
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(Upstream, up_host, int(up_port))
+        out = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            if name.lower() not in HOP:
+                out += [name, b": ", value, b"\r\n"]
+        out.append(b"Via: 1.1 ceiling\r\n\r\n")
+        conn.done = asyncio.get_running_loop().create_future()
+        conn.transport.write(b"".join(out))  # type: ignore[attr-defined]
+        result = await conn.done
+        idle.append(conn)
+        return result
+
+    def judge(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+        ctype = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+        if status == 200 and ctype.startswith(b"application/json"):
+            doc = orjson.loads(body)
+            if isinstance(doc, dict) and doc.get("ok") is False:
+                return 401
+        return status
+
+    if kind == "lean":
+
+        class Client(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+                self.parser = httptools.HttpRequestParser(self)
+
+            def on_message_begin(self) -> None:
+                self.headers: list[tuple[bytes, bytes]] = []
+
+            def on_url(self, url: bytes) -> None:
+                self.url = url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                self.headers.append((name, value))
+
+            def on_message_complete(self) -> None:
+                method = self.parser.get_method()
+                task = asyncio.ensure_future(self.answer(method, self.url, self.headers))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            def data_received(self, data: bytes) -> None:
+                self.parser.feed_data(data)
+
+            async def answer(
+                self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+            ) -> None:
+                status, got, body = await fetch(method, target, headers)
+                out = [b"HTTP/1.1 %d X\r\n" % judge(status, got, body)]
+                for name, value in got:
+                    if name.lower() not in HOP:
+                        out += [name, b": ", value, b"\r\n"]
+                out += [b"Content-Length: %d\r\n\r\n" % len(body), body]
+                if not self.transport.is_closing():  # type: ignore[attr-defined]
+                    self.transport.write(b"".join(out))  # type: ignore[attr-defined]
+
+        async def main() -> None:
+            server = await asyncio.get_running_loop().create_server(
+                Client, "127.0.0.1", port, backlog=4096
+            )
+            await server.serve_forever()
+
+    else:
+        from aiohttp import web
+
+        async def handler(request: web.BaseRequest) -> web.Response:
+            raw = [(n, v) for n, v in request.raw_headers]
+            status, got, body = await fetch(request.method.encode(), request.raw_path.encode(), raw)
+            response = web.Response(body=body, status=judge(status, got, body))
+            for name, value in got:
+                if name.lower() not in HOP:
+                    response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+            return response
+
+        async def main() -> None:
+            server = web.Server(handler)
+            await asyncio.get_running_loop().create_server(server, "127.0.0.1", port, backlog=4096)
+            await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _user_sys_ticks(pid: int) -> tuple[int, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--serve", choices=("hybrid", "lean"), help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.upstream, args.port)
+        return 0
+
+    from peers import (
+        Processes,
+        ensure_tool,
+        free_port,
+        say,
+        start_haproxy,
+        start_tunnelguard,
+        start_upstream,
+        wait_for_port,
+    )
+    from run import Wrk, choose_layout, parse_args, scenarios, write_site
+
+    layout, notes = choose_layout(parse_args([]))
+    for note in notes:
+        say(note)
+    nginx = ensure_tool("nginx", ["nginx-light", "nginx"], True)
+    haproxy = ensure_tool("haproxy", ["haproxy"], True)
+    wrk_path = ensure_tool("wrk", ["wrk"], True)
+    if nginx is None or haproxy is None or wrk_path is None:
+        say("nginx, haproxy and wrk are needed")
+        return 1
+    cases = [c for c in scenarios() if c.key in "ab"]
+    procs = Processes()
+    tmp = Path(tempfile.mkdtemp(prefix="tunnelguard-ceiling-"))
+    ticks = 100.0  # USER_HZ
+    try:
+        www = write_site(tmp, scenarios())
+        upstream = start_upstream(nginx, tmp, www, procs, layout, layout.load_cpus)
+        sides: dict[str, tuple[str, int]] = {}
+        hp = start_haproxy(haproxy, tmp, upstream, procs, layout, layout.proxy_cpus)
+        sides["haproxy"] = (hp.url, hp.proc.pid)
+        tg = start_tunnelguard("tg", "tunnelguard", tmp, upstream, procs, layout, layout.proxy_cpus)
+        sides["tunnelguard"] = (tg.url, tg.proc.pid)
+        for kind in ("hybrid", "lean"):
+            port = free_port()
+            argv = [sys.executable, __file__, "--serve", kind, "--upstream", upstream.url]
+            proc = procs.start(kind, layout.pinned([*argv, "--port", str(port)], layout.proxy_cpus))
+            if not wait_for_port(port, proc, 10):
+                say(f"{kind} did not start")
+                return 1
+            sides[kind] = (f"http://127.0.0.1:{port}", proc.pid)
+        wrk = Wrk(wrk_path, "", layout)
+        rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+        for rep in range(args.repeat):
+            for side, (url, pid) in sides.items():
+                for case in cases:
+                    if rep == 0:
+                        wrk.run(url + case.path, 32, 1, procs)  # warm-up
+                    before = _user_sys_ticks(pid)
+                    m = wrk.run(url + case.path, 32, args.duration, procs)
+                    after = _user_sys_ticks(pid)
+                    user = (after[0] - before[0]) / ticks * 1e6 / max(m.requests, 1)
+                    system = (after[1] - before[1]) / ticks * 1e6 / max(m.requests, 1)
+                    rows.setdefault((side, case.key), []).append((m.rps, m.p50_ms, user, system))
+        print("| proxy | body | req/s | / HAProxy | p50 ms | CPU us/request (user + sys) |")
+        print("|---|---|--:|--:|--:|--:|")
+        for case in cases:
+            base = statistics.median(r[0] for r in rows[("haproxy", case.key)])
+            for side in sides:
+                runs = rows[(side, case.key)]
+                rps = statistics.median(r[0] for r in runs)
+                p50 = statistics.median(r[1] for r in runs)
+                user = statistics.median(r[2] for r in runs)
+                system = statistics.median(r[3] for r in runs)
+                print(
+                    f"| {side} | {case.title} | {rps:,.0f} | {rps / base:.2f}x | {p50:.2f} "
+                    f"| {user + system:.0f} ({user:.0f} + {system:.0f}) |"
+                )
+        print(f"\nmedians of {args.repeat} runs of {args.duration} s, wrk -t1 -c32; {time.ctime()}")
+        return 0
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
