@@ -46,8 +46,8 @@ MAX_IDLE_PER_ENDPOINT = 128  # more idle connections than this are closed, not p
 # is a malformed response (502), never buffered without end.
 MAX_FIELD = 8190
 MAX_HEAD = 64 * 1024
-HIGH_WATER = 256 * 1024  # body bytes buffered before reading from the upstream pauses
-LOW_WATER = 64 * 1024
+HIGH_WATER = 128 * 1024  # body bytes buffered before reading from the upstream pauses (as aiohttp)
+LOW_WATER = 32 * 1024
 
 # control bytes other than HTAB: no client may receive them in a header (RFC 9110 5.5)
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -173,6 +173,8 @@ class Response:
         chunks = list(self._chunks)
         self._chunks.clear()
         self._size = 0
+        if self._conn is not None:
+            self._conn.resume()  # a large body may have paused reading on its way in
         return chunks
 
     async def iter_any(self) -> AsyncIterator[bytes]:
@@ -278,6 +280,7 @@ class _Connection(asyncio.Protocol):
         """The response was handed back: pool the connection or close it."""
         self._response = None
         if body_read and self._complete and self._reusable and not self.spoiled and not self.closed:
+            self.resume()  # a pooled connection must read its next response
             self.pool.park(self)
         else:
             self.close()
@@ -312,11 +315,9 @@ class _Connection(asyncio.Protocol):
         if self._head is None and self._response is None:
             self.close()  # bytes nobody asked for: this connection cannot be trusted again
             return
-        if self._head is not None:
+        pending = self._head is not None
+        if pending:
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD + HIGH_WATER:  # llhttp buffers a header line
-                self._fail(MalformedResponse("response head too large"))
-                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -325,6 +326,11 @@ class _Connection(asyncio.Protocol):
             # a callback's own failure arrives wrapped in HttpParserCallbackError
             cause = exc.__context__
             self._fail(cause if isinstance(cause, ClientFailure) else MalformedResponse(str(exc)))
+        else:
+            # still no complete head: what llhttp holds of a header line is bounded here
+            # (bytes that came with a complete head are body, not head)
+            if pending and self._head is not None and self._head_bytes > MAX_HEAD:
+                self._fail(MalformedResponse("response head too large"))
 
     def eof_received(self) -> bool:
         return False  # close our side too

@@ -4,6 +4,7 @@ front of real misbehaving upstreams on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -242,6 +243,51 @@ async def test_an_oversized_upstream_head_is_502(
     status, h, doc = await _problem(client, tg.url + "/x")
     assert status == 502
     _assert_problem(status, h, doc, "http_protocol_error", "5")
+
+
+async def test_a_head_that_never_ends_is_502_without_waiting(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    """A header line that keeps coming (no CRLF) is cut off once the head passes 64 KiB,
+    not held until the response timeout: memory stays bounded."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(200):  # up to 200 x 1 KiB, slowly
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+
+    tg = await start_proxy(upstream_yaml(await raw_server(endless)))
+    started = asyncio.get_running_loop().time()
+    status, h, doc = await _problem(client, tg.url + "/x")
+    assert status == 502
+    _assert_problem(status, h, doc, "http_protocol_error", "5")
+    assert asyncio.get_running_loop().time() - started < 1.5  # not the 2 s response timeout
+
+
+async def test_a_head_and_a_large_body_in_one_read_are_forwarded(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Once a bug: body bytes that arrived in the same read as the head were counted as head
+    bytes, so a fast upstream's large response (256 KiB per read) became a 502."""
+    body = os.urandom(1 << 20)
+
+    async def fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    tg = await start_proxy(upstream_yaml(await raw_server(fast)))
+    for _ in range(3):
+        async with client.get(tg.url + "/x") as r:
+            assert (r.status, await r.read() == body) == (200, True)
 
 
 async def test_interim_responses_are_dropped(
