@@ -63,8 +63,8 @@ from peers import (  # bench/ is not a package: peers.py sits beside this file
 from run import scrape_counts
 
 MAX_BODY_BYTES = 1 << 20  # inspect.max_body_bytes in the config below (tunnelguard's default)
-BUFFERED = 200  # phase 2: concurrent requests whose bodies the proxy buffers
-STREAMS = 100  # phase 3: concurrent streamed downloads
+BUFFERED = 200  # phase 3: concurrent requests whose bodies the proxy buffers
+STREAMS = 100  # phase 2: concurrent streamed downloads
 STREAM_BYTES = 5 << 20
 STREAM_SECONDS = 3.0  # each client reads its download at STREAM_BYTES / STREAM_SECONDS
 CHUNK_BYTES = 64 << 10  # what the upstream writes at a time, and the client reads
@@ -181,7 +181,7 @@ def serve_upstream(port: int) -> None:
 class Outcome:
     ok: int = 0
     failures: list[str] = field(default_factory=list)
-    together: list[int] = field(default_factory=list)  # phase 2: held at once, per answer
+    together: list[int] = field(default_factory=list)  # phase 3: held at once, per answer
     started: list[float] = field(default_factory=list)
     ended: list[float] = field(default_factory=list)
 
@@ -316,8 +316,24 @@ async def measure(pid: int, base: str, admin: str) -> tuple[int, list[Row]]:
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False
     ) as session:
+        streamed = Row(
+            f"2. {STREAMS} x {STREAM_BYTES >> 20} MiB octet-stream, streamed, paced reads",
+            "a streamed body costs bounded buffers, not its size: the peak stays far below "
+            f"{STREAMS} x {STREAM_BYTES >> 20} MiB",
+            STREAMS,
+        )
+        url = f"{base}/stream"
+        outcome, counts = await load_phase(
+            pid, admin, streamed, lambda o: fetch_paced(session, url, o)
+        )
+        if counts["inspection=skipped_content_type"] != STREAMS:
+            outcome.fail(f"the proxy's counts: {dict(counts)} (want {STREAMS} skipped)")
+        if outcome.overlap_s < STREAM_SECONDS / 2:  # then phase 2 did not measure 100 streams
+            outcome.fail(f"the {STREAMS} downloads overlapped for {outcome.overlap_s:.1f} s only")
+        streamed.notes.append(f"all {STREAMS} in flight together for {outcome.overlap_s:.1f} s")
+
         buffered = Row(
-            f"2. {BUFFERED} x {MAX_BODY_BYTES >> 10} KiB JSON, buffered + inspected",
+            f"3. {BUFFERED} x {MAX_BODY_BYTES >> 10} KiB JSON, buffered + inspected",
             "a buffered body costs about max_body_bytes: the cap bounds memory per request",
             BUFFERED,
         )
@@ -331,23 +347,7 @@ async def measure(pid: int, base: str, admin: str) -> tuple[int, list[Row]]:
         if together < BUFFERED:
             outcome.fail(f"only {together} held at the upstream together")
         buffered.notes.append(f"{together} held together by the upstream for {HOLD_S:.0f} s")
-
-        streamed = Row(
-            f"3. {STREAMS} x {STREAM_BYTES >> 20} MiB octet-stream, streamed, paced reads",
-            "a streamed body costs bounded buffers, not its size: the peak stays far below "
-            f"{STREAMS} x {STREAM_BYTES >> 20} MiB",
-            STREAMS,
-        )
-        url = f"{base}/stream"
-        outcome, counts = await load_phase(
-            pid, admin, streamed, lambda o: fetch_paced(session, url, o)
-        )
-        if counts["inspection=skipped_content_type"] != STREAMS:
-            outcome.fail(f"the proxy's counts: {dict(counts)} (want {STREAMS} skipped)")
-        if outcome.overlap_s < STREAM_SECONDS / 2:  # then phase 3 did not measure 100 streams
-            outcome.fail(f"the {STREAMS} downloads overlapped for {outcome.overlap_s:.1f} s only")
-        streamed.notes.append(f"all {STREAMS} in flight together for {outcome.overlap_s:.1f} s")
-    return idle, [idle_row, buffered, streamed]
+    return idle, [idle_row, streamed, buffered]
 
 
 def _mib(kib: float | None) -> str:
@@ -430,12 +430,12 @@ async def bench(procs: Processes, tmp: Path) -> tuple[str, list[str]]:
         f"inspect.max_body_bytes {MAX_BODY_BYTES:,} B; presets graphql, jsonrpc, slack, "
         "error-envelope",
         "upstream": "aiohttp in a child process; clients: aiohttp in this script",
-        "phase 2": f"{BUFFERED} GETs for a clean application/json body of {MAX_BODY_BYTES:,} B "
-        f"(Content-Length set); the upstream answers once all {BUFFERED} arrived and holds "
-        f"each body's last byte {HOLD_S:.0f} s",
-        "phase 3": f"{STREAMS} GETs for {STREAM_BYTES:,} B of application/octet-stream, each "
+        "phase 2": f"{STREAMS} GETs for {STREAM_BYTES:,} B of application/octet-stream, each "
         f"read at {STREAM_BYTES / STREAM_SECONDS / (1 << 20):.2f} MiB/s "
         f"(about {STREAM_SECONDS:.0f} s)",
+        "phase 3": f"{BUFFERED} GETs for a clean application/json body of {MAX_BODY_BYTES:,} B "
+        f"(Content-Length set); the upstream answers once all {BUFFERED} arrived and holds "
+        f"each body's last byte {HOLD_S:.0f} s",
     }
     failures = []
     for row in rows:
