@@ -147,6 +147,8 @@ def new_session() -> ClientSession:
         auto_decompress=False,  # clients get the upstream's bytes, compressed or not
         cookie_jar=aiohttp.DummyCookieJar(),  # never store or add cookies
         timeout=aiohttp.ClientTimeout(total=None),
+        # a transparent proxy invents no headers: the client's own go upstream, if any
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
     )
     # aiohttp silently re-sends an idempotent request once when a pooled connection
     # drops before the response head.  Every attempt must be ours: counted, budgeted

@@ -282,6 +282,8 @@ async def test_handshake_headers_both_ways(proxied: Proxied) -> None:
     assert sent["via"] == "1.1 tunnelguard"
     assert sent["upgrade"] == "websocket"
     assert sent["sec-websocket-key"] != CLIENT_KEY  # each handshake has its own key
+    # the raw client sent no User-Agent or Accept: the proxy adds none of its own
+    assert not {"user-agent", "accept", "accept-encoding"} & set(sent)
 
 
 @pytest.mark.parametrize("status", [404, 503])
