@@ -71,6 +71,22 @@ def master(tmp_path: Path) -> Iterator[Master]:
     stop_processes(procs, 15)
 
 
+async def _two_workers(
+    start_upstream: UpstreamFactory, master: Master, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], Path, dict[str, object]]:
+    """`--workers 2` in front of a lying upstream, once both workers are up: (process, its
+    log, the startup line)."""
+    upstream = await lying_upstream(start_upstream)
+    log = tmp_path / "out.log"
+    proc = master(
+        log, "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        "--workers", "2",
+    )  # fmt: skip
+    (startup,) = await _wait(log, proc, "startup")
+    await _wait(log, proc, "worker_startup", 2)
+    return proc, log, startup
+
+
 async def _served(log: Path, paths: int) -> dict[str, object]:
     """Access-log lines (written as requests finish) by path, once `paths` are there."""
     for _ in range(100):
@@ -92,14 +108,7 @@ def _total(metrics: str, prefix: str) -> float:
 async def test_workers_serve_together_and_survive_a_crash(
     start_upstream: UpstreamFactory, master: Master, tmp_path: Path
 ) -> None:
-    upstream = await lying_upstream(start_upstream)
-    log = tmp_path / "out.log"
-    proc = master(
-        log, "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-        "--workers", "2",
-    )  # fmt: skip
-    (startup,) = await _wait(log, proc, "startup")
-    await _wait(log, proc, "worker_startup", 2)
+    proc, log, startup = await _two_workers(start_upstream, master, tmp_path)
     workers = startup["workers"]
     assert isinstance(workers, list) and len(workers) == 2
     assert startup["sockets"] == ("per-worker" if reuse_port_spreads() else "shared")
@@ -180,14 +189,7 @@ async def test_a_burst_of_connections_is_spread_over_the_workers(
     1/2): under 16 with probability 4e-5.  With one socket shared by the workers, the one
     awake first took most of a burst: under 16 for the other in about one burst in eight
     measured (4 of 64 at worst), and this test failed on it in 4 runs of 12."""
-    upstream = await lying_upstream(start_upstream)
-    log = tmp_path / "out.log"
-    proc = master(
-        log, "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-        "--workers", "2",
-    )  # fmt: skip
-    (startup,) = await _wait(log, proc, "startup")
-    await _wait(log, proc, "worker_startup", 2)
+    _, log, startup = await _two_workers(start_upstream, master, tmp_path)
     proxy, admin = str(startup["listen"]), str(startup["admin"])
 
     async def connection(burst: int, i: int) -> None:
