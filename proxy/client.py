@@ -105,10 +105,18 @@ def endpoint(base_url: str) -> Endpoint:
     url = URL(base_url)
     host = url.raw_host or ""
     port = url.port or (443 if url.scheme == "https" else 80)
-    authority = f"[{host}]" if ":" in host else host
-    if url.explicit_port:
-        authority += f":{port}"
-    return Endpoint(url.scheme, host, port, authority, url.raw_path.rstrip("/"))
+    return Endpoint(url.scheme, host, port, authority(url), url.raw_path.rstrip("/"))
+
+
+def authority(url: URL) -> str:
+    """`host[:port]` as a Host header names it (RFC 9110 7.2): IPv6 in brackets, the
+    scheme's default port left out."""
+    text = url.raw_host or ""
+    if ":" in text:
+        text = f"[{text}]"
+    if url.port is not None and url.port != {"http": 80, "https": 443}.get(url.scheme):
+        text += f":{url.port}"
+    return text
 
 
 @functools.cache

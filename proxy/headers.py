@@ -30,12 +30,17 @@ HOP_BY_HOP = frozenset(
 _VERDICT_PREFIX = "tunnelguard-"
 
 
+def _options(value: bytes) -> set[bytes]:
+    """The options of one `Connection` line, lower case: header names that are hop-by-hop
+    too (RFC 9110 7.6.1)."""
+    return {t.strip() for t in value.lower().split(b",") if t.strip()}
+
+
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    """Header names listed in `Connection` are hop-by-hop too (RFC 9110 7.6.1)."""
     tokens: set[str] = set()
     for name, value in headers:
         if name.lower() == "connection":
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+            tokens.update(t.decode("latin-1") for t in _options(value.encode("latin-1")))
     return tokens
 
 
@@ -139,7 +144,7 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         lower = name.lower()
         if lower in _RESPONSE_DROP or lower.startswith(b"tunnelguard-"):
             if lower == b"connection":
-                listed.update(t.strip() for t in value.lower().split(b","))
+                listed |= _options(value)
             continue
         if lower == b"via":
             _add(via, _as_written(value))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from .client import authority
 from .config import Config, RouteConfig, UpstreamConfig
 from .inspect import InspectPolicy
 from .rules import RuleSet, compile_ruleset
@@ -72,12 +73,6 @@ def _host_only(host: str) -> str:
 def _route(route: RouteConfig, config: Config) -> Route:
     upstream = config.upstream_by_name[route.upstream]
     url = URL(upstream.url)
-    default_port = {"http": 80, "https": 443}.get(url.scheme)
-    authority = url.raw_host or ""
-    if ":" in authority:
-        authority = f"[{authority}]"
-    if url.port is not None and url.port != default_port:
-        authority += f":{url.port}"
     return Route(
         name=route.name,
         prefix=route.match.path_prefix,
@@ -85,7 +80,7 @@ def _route(route: RouteConfig, config: Config) -> Route:
         strip_prefix=route.strip_prefix,
         upstream=upstream,
         base_url=str(url.with_user(None)).rstrip("/") if url.user else upstream.url.rstrip("/"),
-        upstream_host=None if upstream.preserve_host else authority,
+        upstream_host=None if upstream.preserve_host else authority(url),
         authorization=_basic_auth(url),
         rules=compile_ruleset(
             route.rules,
