@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,3 +185,36 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class LoggedProcess:
+    """A `tunnelguard run` process and the file its stdout (JSON lines) goes to."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    def records(self, event: str) -> list[dict[str, object]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a traceback line: the asserts show the log
+                record = json.loads(line)
+                if record.get("event") == event:
+                    out.append(record)
+        return out
+
+    async def wait_for(
+        self, event: str, count: int = 1, timeout: float = 15
+    ) -> list[dict[str, object]]:
+        """The first `count` lines of `event`, once they are there (bounded by `timeout`);
+        the process exiting first fails the test with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.records(event)
+            if len(found) >= count:
+                return found
+            assert self.proc.poll() is None, (
+                f"exited {self.proc.returncode}: {self.log.read_text()}"
+            )
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {count} {event!r} in {self.log.read_text()}")

@@ -14,19 +14,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import ROOT, UpstreamFactory
+from .conftest import ROOT, LoggedProcess, UpstreamFactory
 
 
 async def _wait_for_startup(log: Path, proc: subprocess.Popen[bytes]) -> dict[str, str]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "startup":
-                return dict(record)
-        assert proc.poll() is None, f"proxy exited {proc.returncode}"
-        await asyncio.sleep(0.05)
-    raise AssertionError("no startup line")
+    (startup,) = await LoggedProcess(proc, log).wait_for("startup")
+    return {k: str(v) for k, v in startup.items()}
 
 
 async def test_sigterm_drains_gracefully(start_upstream: UpstreamFactory, tmp_path: Path) -> None:

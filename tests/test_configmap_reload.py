@@ -26,8 +26,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from .conftest import ROOT, UpstreamFactory
-from .test_reload import Proc
+from .conftest import ROOT, LoggedProcess, UpstreamFactory
 
 CONFIGMAP = ROOT / "deploy/kubernetes/configmap.yaml"
 KEY = "config.yaml"
@@ -92,10 +91,12 @@ async def lying_upstream(start_upstream: UpstreamFactory) -> str:
 
 
 @pytest.fixture
-async def sidecar(tmp_path: Path, lying_upstream: str) -> AsyncIterator[Callable[[Path], Proc]]:
+async def sidecar(
+    tmp_path: Path, lying_upstream: str
+) -> AsyncIterator[Callable[[Path], LoggedProcess]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(config: Path) -> Proc:
+    def start(config: Path) -> LoggedProcess:
         log = tmp_path / "sidecar.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -106,7 +107,7 @@ async def sidecar(tmp_path: Path, lying_upstream: str) -> AsyncIterator[Callable
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         procs.append(proc)
-        return Proc(proc, log)
+        return LoggedProcess(proc, log)
 
     yield start
     for proc in procs:
@@ -162,7 +163,7 @@ def with_rule(text: str, rule: str) -> str:
 
 
 async def test_configmap_update_reloads_and_a_bad_rule_is_rejected(
-    tmp_path: Path, sidecar: Callable[[Path], Proc]
+    tmp_path: Path, sidecar: Callable[[Path], LoggedProcess]
 ) -> None:
     rewrite = configmap_config()
     assert FLAG_LINE in rewrite, "configmap.yaml should carry the commented `# action: flag`"

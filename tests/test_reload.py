@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 
 from proxy.reload import Attempt, carry_over, try_load
 
-from .conftest import ROOT, UpstreamFactory, lying_upstream, stop_processes
+from .conftest import ROOT, LoggedProcess, UpstreamFactory, lying_upstream, stop_processes
 
 
 def config_text(upstream: str, action: str = "rewrite", extra: str = "") -> str:
@@ -28,38 +25,11 @@ def config_text(upstream: str, action: str = "rewrite", extra: str = "") -> str:
     )
 
 
-class Proc:
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.proc = proc
-        self.log = log
-
-    def records(self, event: str) -> list[dict[str, object]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("event") == event:
-                    out.append(record)
-        return out
-
-    async def wait_for(
-        self, event: str, count: int = 1, timeout: float = 15
-    ) -> list[dict[str, object]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.records(event)
-            if len(found) >= count:
-                return found
-            assert self.proc.poll() is None, self.log.read_text()
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no {count} {event!r} in {self.log.read_text()}")
-
-
 @pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Proc]]:
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., LoggedProcess]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str) -> Proc:
+    def start(*args: str) -> LoggedProcess:
         log = tmp_path / f"out{len(procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -67,7 +37,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Proc]]:
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         procs.append(proc)
-        return Proc(proc, log)
+        return LoggedProcess(proc, log)
 
     yield start
     stop_processes(procs, 10)
@@ -92,7 +62,10 @@ async def _reloads(admin: str) -> dict[str, float]:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sighup_reloads_and_rejects(
-    start_upstream: UpstreamFactory, spawn: Callable[..., Proc], tmp_path: Path, workers: str
+    start_upstream: UpstreamFactory,
+    spawn: Callable[..., LoggedProcess],
+    tmp_path: Path,
+    workers: str,
 ) -> None:
     upstream = await lying_upstream(start_upstream)
     path = tmp_path / "c.yaml"
@@ -139,7 +112,7 @@ async def test_sighup_reloads_and_rejects(
 
 
 async def test_watch_reloads_on_file_change(
-    start_upstream: UpstreamFactory, spawn: Callable[..., Proc], tmp_path: Path
+    start_upstream: UpstreamFactory, spawn: Callable[..., LoggedProcess], tmp_path: Path
 ) -> None:
     upstream = await lying_upstream(start_upstream)
     path = tmp_path / "c.yaml"
@@ -158,7 +131,7 @@ async def test_watch_reloads_on_file_change(
 
 
 async def test_in_flight_requests_finish_on_their_config(
-    start_upstream: UpstreamFactory, spawn: Callable[..., Proc], tmp_path: Path
+    start_upstream: UpstreamFactory, spawn: Callable[..., LoggedProcess], tmp_path: Path
 ) -> None:
     upstream = await lying_upstream(start_upstream)
     path = tmp_path / "c.yaml"

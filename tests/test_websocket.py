@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import signal
 import struct
@@ -23,6 +22,7 @@ from proxy.websocket import MAX_MESSAGE_BYTES
 
 from .conftest import (
     ROOT,
+    LoggedProcess,
     ProxyFactory,
     Running,
     Upstream,
@@ -482,15 +482,8 @@ async def test_sigterm_closes_tunnels_politely(
 
 
 async def _listen_url(log: Path, proc: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "startup":
-                return str(record["listen"])
-        assert proc.poll() is None, f"proxy exited {proc.returncode}"
-        await asyncio.sleep(0.05)
-    raise AssertionError("no startup line")
+    (startup,) = await LoggedProcess(proc, log).wait_for("startup")
+    return str(startup["listen"])
 
 
 # -- a raw WebSocket client, for what aiohttp's client cannot send -------------------------

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from proxy.config import Listen
 from proxy.workers import ProxyPort, reuse_port_spreads
 
-from .conftest import ROOT, UpstreamFactory, lying_upstream, stop_processes
+from .conftest import ROOT, LoggedProcess, UpstreamFactory, lying_upstream, stop_processes
 
 needs_reuse_port = pytest.mark.skipif(
     not reuse_port_spreads(), reason="SO_REUSEPORT does not balance here (Linux only)"
@@ -40,14 +39,7 @@ def _records(log: Path) -> list[dict[str, object]]:
 async def _wait(
     log: Path, proc: subprocess.Popen[bytes], event: str, count: int = 1
 ) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = [r for r in _records(log) if r.get("event") == event]
-        if len(found) >= count:
-            return found
-        assert proc.poll() is None, f"master exited {proc.returncode}: {log.read_text()}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {count} {event!r} events in {log.read_text()}")
+    return await LoggedProcess(proc, log).wait_for(event, count, timeout=20)
 
 
 Master = Callable[..., subprocess.Popen[bytes]]
