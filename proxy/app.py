@@ -17,7 +17,7 @@ from .config import Config
 from .handler import Proxy
 from .listener import ListenSite
 from .logs import Log
-from .metrics import Metrics
+from .metrics import FLUSH_DELAY, Metrics
 from .reload import Loader, carry_over, try_load, watch
 from .runtime import Runtime, build
 from .server import Accounting, GuardedServer
@@ -47,7 +47,8 @@ class TunnelGuard:
         self._reload_event = "reload" if admin else "worker_reload"
         self._reload_lock = asyncio.Lock()
         self.log = log or Log()
-        self.metrics = metrics or Metrics()
+        # a worker's samples go to files the master reads: written every loop iteration
+        self.metrics = metrics or Metrics(flush_delay=FLUSH_DELAY if admin else 0.0)
         self.draining = False
         self._session: ClientSession | None = None
         self._pool: Pool | None = None
@@ -180,6 +181,7 @@ class TunnelGuard:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        self.metrics.flush()  # a worker's last samples reach the shared files
         self.log.event("shutdown")
 
 
