@@ -37,6 +37,8 @@ from typing import cast
 import httptools
 from yarl import URL
 
+from .deadline import Deadline
+
 # Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of Node.js
 # servers (and most others), so we rarely reuse one the upstream is closing.
 IDLE_TIMEOUT = 4.0
@@ -261,6 +263,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._continue: asyncio.Future[None] | None = None  # the upstream's 100
+        self._deadline: Deadline | None = None  # of the response head (`head_within`)
 
     # -- a request ---------------------------------------------------------------------------
 
@@ -296,13 +299,38 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._stop_deadline()
             if self.transport is not None:
                 self.transport.close()
 
     def abort(self) -> None:
         self.closed = True
+        self._stop_deadline()
         if self.transport is not None:
             self.transport.abort()
+
+    async def head_within(self, head: asyncio.Future[Response], seconds: float) -> Response:
+        """Wait for the response head at most `seconds` after the request was sent."""
+        if head.done():
+            return head.result()
+        deadline = self._deadline
+        if deadline is None:
+            loop = asyncio.get_running_loop()
+            deadline = self._deadline = Deadline(loop, self._head_timeout)
+        deadline.set(deadline.now() + seconds)
+        try:
+            return await head
+        finally:
+            deadline.clear()
+
+    def _head_timeout(self) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(HeadTimeout("no response head in time"))
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None and not self.closed:
@@ -356,6 +384,7 @@ class _Connection(asyncio.Protocol):
         drained = self._drained
         if drained is not None and not drained.done():
             drained.set_exception(Disconnected("upstream closed the connection"))
+        self._stop_deadline()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -518,7 +547,7 @@ class Pool:
                 conn.write(data)
             if streamed and on_continue is not None and not await _go_ahead(conn, head):
                 conn.spoiled = True  # the upstream may still wait for the body
-                return await _head_within(head, head_timeout)
+                return await conn.head_within(head, head_timeout)
             if on_continue is not None:
                 await on_continue()
             if streamed:
@@ -534,7 +563,7 @@ class Pool:
                 if sent and writer.exception() is not None and not head.done():
                     conn.abort()
                     raise Disconnected("sending the request body failed")
-            return await _head_within(head, head_timeout)
+            return await conn.head_within(head, head_timeout)
         except BaseException:
             conn.abort()
             raise
@@ -620,22 +649,6 @@ async def _go_ahead(conn: _Connection, head: asyncio.Future[Response]) -> bool:
         conn._continue = None
         waiting.cancel()
     return not head.done()
-
-
-async def _head_within(head: asyncio.Future[Response], seconds: float) -> Response:
-    """Wait for the response head at most `seconds` after the request was sent."""
-    if head.done():
-        return head.result()
-    handle = asyncio.get_running_loop().call_later(seconds, _expire, head)
-    try:
-        return await head
-    finally:
-        handle.cancel()
-
-
-def _expire(head: asyncio.Future[Response]) -> None:
-    if not head.done():
-        head.set_exception(HeadTimeout("no response head in time"))
 
 
 async def _write_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:

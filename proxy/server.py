@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 from . import limits as lim
 from . import respond
 from .config import ServerLimits
+from .deadline import Deadline
 from .limits import Refusal
 from .listener import ConnectionGate
 from .logs import Log
@@ -203,7 +204,7 @@ class GuardedProtocol(RequestHandler):
     """
 
     __slots__ = (
-        "_body", "_counted", "_finished", "_head_bytes", "_head_started", "_head_timer",
+        "_body", "_counted", "_deadline", "_finished", "_head_bytes", "_head_started",
         "_request", "_server", "_task", "_timeout", "cancelled_handler", "refusal",
     )  # fmt: skip
 
@@ -213,7 +214,7 @@ class GuardedProtocol(RequestHandler):
         super().__init__(server, loop=loop, **kwargs)
         self._server = server  # aiohttp drops its own reference when the connection ends
         self._timeout = server.limits.header_timeout
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(loop, self._head_timeout)  # of the head being received
         self._head_bytes = 0
         self._head_started = 0.0
         self._finished = 0  # requests the handler is done with
@@ -236,7 +237,7 @@ class GuardedProtocol(RequestHandler):
         if self._counted:
             self._counted = False
             self._server.gate.closed()
-        self._cancel_head_timer()
+        self._deadline.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -245,7 +246,7 @@ class GuardedProtocol(RequestHandler):
             return
         idle = self._idle()
         if idle:
-            if self._head_timer is None:
+            if self._deadline.when is None:
                 self._arm_head_timer()
             self._head_bytes += len(data)
         parsed = self._request_count
@@ -304,17 +305,13 @@ class GuardedProtocol(RequestHandler):
     # -- deadlines and refusals ------------------------------------------------------------
 
     def _arm_head_timer(self) -> None:
-        loop = self._loop
-        self._head_started = loop.time()
-        self._head_timer = loop.call_at(self._head_started + self._timeout, self._head_timeout)
+        self._head_started = self._loop.time()
+        self._deadline.set(self._head_started + self._timeout)
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._deadline.clear()
 
     def _head_timeout(self) -> None:
-        self._head_timer = None
         if self._head_bytes:  # a request began: tell the client why it ends
             self._refuse_head(lim.HEAD_TIMEOUT)
         else:  # an idle connection: nothing to answer
