@@ -339,7 +339,7 @@ class Proxy:
         outcome.code = outcome.true_status = shake.status
         if shake.socket is None:  # refused: its status and headers, with an empty body
             refused = Delivery(shake.status, shake.headers, None)
-            return await respond.send_buffered(request, refused, b"", fallback, self.closing)
+            return respond.buffered(refused, b"", fallback, self.closing)
         return await ws.relay(request, shake, self._draining)
 
     # -- inspecting and delivering ---------------------------------------------------------
@@ -420,7 +420,7 @@ class Proxy:
             outcome.true_status = plan.verdict.status
             outcome.code = delivery.status
             outcome.source = "flagged" if plan.verdict.action == "flag" else "rewritten"
-        return await respond.send_buffered(request, delivery, plan.raw, fallback, self.closing)
+        return respond.buffered(delivery, plan.raw, fallback, self.closing)
 
     def _failure(
         self,

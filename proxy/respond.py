@@ -19,24 +19,10 @@ from .rewrite import Delivery, with_retry_after
 from .upstream import Failure, UpstreamFailure, iter_body
 
 
-class _BufferedResponse(web.StreamResponse):
-    """Head and body leave in one write (one syscall, one packet) instead of two.
-
-    aiohttp's own `web.Response` does the same through this class attribute; a streamed
-    response keeps sending its head at once, so clients see it before the first chunk."""
-
-    _send_headers_immediately = False
-
-
 def start(
-    status: int,
-    reason: str | None,
-    headers: h.Headers,
-    retry_after: int,
-    closing: bool,
-    buffered: bool = False,
+    status: int, reason: str | None, headers: h.Headers, retry_after: int, closing: bool
 ) -> web.StreamResponse:
-    response = (_BufferedResponse if buffered else web.StreamResponse)(
+    response = web.StreamResponse(
         status=status,
         reason=reason,
         headers=CIMultiDict(with_retry_after(status, headers, retry_after)),
@@ -66,17 +52,15 @@ def problem(
     return response
 
 
-async def send_buffered(
-    request: web.BaseRequest, delivery: Delivery, raw: bytes, retry_after: int, closing: bool
-) -> web.StreamResponse:
-    """Answer with a fully buffered body (the upstream's `raw` unless replaced)."""
+def buffered(delivery: Delivery, raw: bytes, retry_after: int, closing: bool) -> web.Response:
+    """An answer with a fully buffered body (the upstream's `raw` unless replaced).
+    Returned to aiohttp, which writes head and body in one write (one system call, one
+    packet) once the handler has returned."""
     body = raw if delivery.body is None else delivery.body
-    response = start(delivery.status, None, delivery.headers, retry_after, closing, True)
-    response.content_length = len(body)
-    with contextlib.suppress(ConnectionError):
-        await response.prepare(request)
-        await response.write(body)
-        await response.write_eof()
+    headers = CIMultiDict(with_retry_after(delivery.status, delivery.headers, retry_after))
+    response = web.Response(body=body, status=delivery.status, headers=headers)
+    if closing:
+        response.force_close()
     return response
 
 
