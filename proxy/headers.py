@@ -130,6 +130,42 @@ def _as_written(value: bytes) -> str:
 
 _RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length"})
 
+# What `response_headers` does with a header, by its name as received: computed once per
+# name (an upstream sends the same few names on every response) and kept for at most
+# _NAMES_KEPT names, which bounds the memory a hostile upstream's invented names can take.
+_KEEP, _DROP, _CONNECTION, _VIA = range(4)
+_NAMES_KEPT = 1024
+_Name = tuple[int, bytes, str]  # (what to do, lower-case name, name as text)
+_names: dict[bytes, _Name] = {}
+_connection_options: dict[bytes, frozenset[bytes]] = {}  # the same, for Connection values
+
+
+def _classify(name: bytes) -> _Name:
+    lower = name.lower()
+    if lower == b"connection":
+        kind = _CONNECTION
+    elif lower in _RESPONSE_DROP or lower.startswith(b"tunnelguard-"):
+        kind = _DROP
+    elif lower == b"via":
+        kind = _VIA
+    else:
+        kind = _KEEP
+    entry = (kind, lower, name.decode("latin-1"))
+    if len(_names) < _NAMES_KEPT:
+        _names[name] = entry
+    return entry
+
+
+def _listed(value: bytes) -> frozenset[bytes]:
+    """The header names one `Connection` line lists, less those dropped anyway (so that
+    the usual `keep-alive` lists nothing more to remove)."""
+    listed = _connection_options.get(value)
+    if listed is None:
+        listed = frozenset(_options(value) - _RESPONSE_DROP)
+        if len(_connection_options) < _NAMES_KEPT:
+            _connection_options[value] = listed
+    return listed
+
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Upstream response headers to pass on: hop-by-hop, framing and any verdict
@@ -137,21 +173,28 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
 
     One pass over the raw bytes (this runs for every response): names listed in
     `Connection` are only known at the end, so they are filtered out afterwards."""
-    kept: list[tuple[bytes, str, str]] = []
-    listed: set[bytes] = set()
+    kept: list[tuple[_Name, str]] = []
+    listed: frozenset[bytes] = frozenset()
     via: list[str] = []
+    names = _names
     for name, value in raw:
-        lower = name.lower()
-        if lower in _RESPONSE_DROP or lower.startswith(b"tunnelguard-"):
-            if lower == b"connection":
-                listed |= _options(value)
-            continue
-        if lower == b"via":
+        entry = names.get(name) or _classify(name)
+        kind = entry[0]
+        if kind == _KEEP:
+            try:  # _as_written, inlined: this is the loop every response runs
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = value.decode("latin-1")
+            kept.append((entry, text))
+        elif kind == _CONNECTION:
+            listed |= _listed(value)
+        elif kind == _VIA:
             _add(via, _as_written(value))
-            continue
-        kept.append((lower, name.decode("latin-1"), _as_written(value)))
-    out: Headers = [(n, v) for lower, n, v in kept if lower not in listed]
-    out.append(("Via", ", ".join([*via, VIA])))
+    if listed:
+        out = [(entry[2], text) for entry, text in kept if entry[1] not in listed]
+    else:
+        out = [(entry[2], text) for entry, text in kept]
+    out.append(("Via", ", ".join([*via, VIA])) if via else ("Via", VIA))
     return out
 
 

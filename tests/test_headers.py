@@ -350,6 +350,17 @@ def test_response_keeps_every_other_header_in_order() -> None:
     ]
 
 
+def test_response_names_past_the_remembered_ones_are_still_filtered() -> None:
+    """Names are classified once and remembered, up to a bound: an upstream inventing a
+    new name per response cannot grow the proxy's memory, nor change what is filtered."""
+    for i in range(h._NAMES_KEPT + 50):
+        raw = [(f"X-Invented-{i}".encode(), b"1"), (b"Connection", f"x-gone-{i}".encode())]
+        raw += [(f"X-Gone-{i}".encode(), b"2"), (b"KEEP-ALIVE", b"timeout=5")]
+        assert h.response_headers(raw) == [(f"X-Invented-{i}", "1"), ("Via", "1.1 tunnelguard")]
+    assert len(h._names) <= h._NAMES_KEPT
+    assert len(h._connection_options) <= h._NAMES_KEPT
+
+
 def test_response_latin1_round_trip() -> None:
     raw = [(b"Content-Disposition", b'attachment; filename="r\xe9sum\xe9.json"'), (b"X", b"\xff")]
     out = h.response_headers(raw)
