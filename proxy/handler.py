@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 
-from aiohttp import ClientSession, HttpVersion11, hdrs, web
+from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
 from . import headers as h
@@ -168,9 +168,9 @@ class Proxy:
         body = RequestBody(None)
         on_continue = None
         if request.body_exists:
-            if _expects_continue(request):  # end to end: the upstream decides (SPEC 7)
+            if respond.expects_continue(request):  # end to end: the upstream decides (SPEC 7)
                 body = RequestBody(None, request.content, length=request.content_length)
-                on_continue = _Continue(request)
+                on_continue = respond.Continue(request)
             else:
                 body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
         guard.budget.record_request()
@@ -482,29 +482,3 @@ class Proxy:
             traceId=trace_id,
             pid=_PID,
         )
-
-
-def _expects_continue(request: web.BaseRequest) -> bool:
-    return (
-        request.version >= HttpVersion11
-        and request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
-    )
-
-
-class _Continue:
-    """Tells the client to send its body (`100 Continue`, RFC 9110 10.1.1), once: called
-    when the upstream has answered the forwarded expectation with its own 100."""
-
-    __slots__ = ("_request", "_sent")
-
-    def __init__(self, request: web.BaseRequest) -> None:
-        self._request = request
-        self._sent = False
-
-    async def __call__(self) -> None:
-        if self._sent:
-            return
-        self._sent = True
-        writer = self._request.writer
-        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        writer.output_size = 0  # an interim response: the real one has not started

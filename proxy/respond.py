@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
 from . import headers as h
@@ -111,3 +111,30 @@ async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
         if size > limit:
             return chunks, False
     return chunks, True
+
+
+def expects_continue(request: web.BaseRequest) -> bool:
+    """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
+    return (
+        request.version >= HttpVersion11
+        and request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
+    )
+
+
+class Continue:
+    """Tells the client to send its body (`100 Continue`, RFC 9110 10.1.1), once: called
+    when the upstream has answered the forwarded expectation with its own 100."""
+
+    __slots__ = ("_request", "_sent")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self._sent = False
+
+    async def __call__(self) -> None:
+        if self._sent:
+            return
+        self._sent = True
+        writer = self._request.writer
+        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.output_size = 0  # an interim response: the real one has not started
