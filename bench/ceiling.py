@@ -3,7 +3,8 @@
 
 Loads four proxies in turn with wrk, pinned like bench/run.py (the proxy on one CPU, wrk and
 the upstream nginx on the other), on bodies (a) and (b) of the benchmark, and prints for each
-req/s, p50 and the proxy's CPU time per request (user and system, from /proc):
+req/s, p50 and the proxy's CPU time per request (user and system, from /proc), then the
+p50 latency each adds at one connection (`wrk -c1`, body (a)):
 
   haproxy   HAProxy 2.x, wait-for-body + the JSON rule (the peer of issue 9)
   tunnelguard  the real thing, embedded default config
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -175,6 +177,33 @@ def _user_sys_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
+def _one_connection(
+    wrk: Any, procs: Any, direct: str, sides: dict[str, tuple[str, int]], case: Any, args: Any
+) -> None:
+    """Latency at one connection (`wrk -c1`): the p50 each proxy adds over the upstream
+    alone, and its CPU per request, which is far above the loaded figure: every request
+    now pays the proxy's wake-ups from idle and its cold caches."""
+    ticks = 100.0
+    direct_p50 = statistics.median(
+        wrk.run(direct + case.path, 1, args.duration, procs).p50_ms for _ in range(args.repeat)
+    )
+    print(f"\n| proxy | {case.title}, one connection: p50 | added over direct | CPU us/request |")
+    print("|---|--:|--:|--:|")
+    print(f"| direct (upstream) | {direct_p50 * 1000:.0f} us | - | - |")
+    for side, (url, pid) in sides.items():
+        runs = []
+        for _ in range(args.repeat):
+            before = sum(_user_sys_ticks(pid))
+            m = wrk.run(url + case.path, 1, args.duration, procs)
+            cpu = (sum(_user_sys_ticks(pid)) - before) / ticks * 1e6 / max(m.requests, 1)
+            runs.append((m.p50_ms, cpu))
+        p50 = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        added = (p50 - direct_p50) * 1000
+        print(f"| {side} | {p50 * 1000:.0f} us | {added:.0f} us | {cpu:.0f} |")
+    print(f"\nmedians of {args.repeat} runs of {args.duration} s, wrk -t1 -c1")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5)
@@ -256,6 +285,7 @@ def main() -> int:
                     f"| {user + system:.0f} ({user:.0f} + {system:.0f}) |"
                 )
         print(f"\nmedians of {args.repeat} runs of {args.duration} s, wrk -t1 -c32; {time.ctime()}")
+        _one_connection(wrk, procs, upstream.url, sides, cases[0], args)
         return 0
     finally:
         procs.stop_all()

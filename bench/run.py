@@ -657,6 +657,8 @@ def render(
         f"- load: {setup['load']}",
         f"- {setup['duration_s']} s per measurement, {setup['repeat']} repeat(s), medians "
         f"shown; host: {setup['cpus']} CPUs, Python {setup['python']}",
+        "- tunnelguard and the naive proxy: "
+        + ("a fresh process for every repeat" if setup.get("fresh") else "one process throughout"),
         f"- {'; '.join(setup['versions'])}",
     ]
     lines += [f"- **{note}**" for note in setup["notes"]]
@@ -779,6 +781,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "16384, HAProxy's default, sees about 16000 B of it)",
     )
     parser.add_argument("--no-workers", action="store_true", help="skip the --workers 2 section")
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="keep one process per Python proxy for every repeat (default: a fresh one each)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
         "--keep-temp", action="store_true", help="keep the temp dir (configs, logs) to debug"
@@ -856,6 +863,22 @@ def _rotated(cells: Sequence[Cell], rep: int) -> list[Cell]:
     return out
 
 
+def fresh(
+    servers: dict[str, Server],
+    starters: dict[str, Callable[[], Server]],
+    hwm_kib: dict[str, int],
+    procs: Processes,
+) -> None:
+    """Stop each of `starters`' servers (by PID, after noting its peak memory) and start
+    a new one in its place."""
+    for side, start in starters.items():
+        old = servers[side]
+        hwm_kib[side] = max(hwm_kib.get(side, 0), sum_kib(old.pids, "VmHWM") or 0)
+        procs.stop(old.proc)
+        servers[side] = start()
+        say(f"# {servers[side].label}: restarted for this repeat, pids {servers[side].pids}")
+
+
 def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str, Any]:
     allow = not args.no_install
     nginx = require("nginx", ("nginx-light", "nginx"), allow)
@@ -875,14 +898,24 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
     servers[HAPROXY] = start_haproxy(
         haproxy, tmp, upstream, procs, layout, layout.proxy_cpus, args.haproxy_bufsize
     )
-    servers[TG] = start_tunnelguard(TG, LABELS[TG], tmp, upstream, procs, layout, layout.proxy_cpus)
-    servers[NAIVE] = start_naive(tmp, upstream, procs, layout, layout.proxy_cpus)
+    pinned, wide = layout.proxy_cpus, layout.wide_cpus
+    # The Python proxies are started afresh for every repeat (`fresh`): one process's
+    # speed depends on its hash seed and memory layout (two processes of the same code
+    # differed by up to 15 us of CPU per request here), so a median over three processes
+    # says more than three runs of one.
+    starters: dict[str, Callable[[], Server]] = {
+        TG: lambda: start_tunnelguard(TG, LABELS[TG], tmp, upstream, procs, layout, pinned),
+        NAIVE: lambda: start_naive(tmp, upstream, procs, layout, pinned),
+    }
     if not args.no_workers:
-        wide = layout.wide_cpus
-        servers[TG1W] = start_tunnelguard(TG1W, LABELS[TG1W], tmp, upstream, procs, layout, wide)
-        servers[TG2W] = start_tunnelguard(
+        starters[TG1W] = lambda: start_tunnelguard(
+            TG1W, LABELS[TG1W], tmp, upstream, procs, layout, wide
+        )
+        starters[TG2W] = lambda: start_tunnelguard(
             TG2W, LABELS[TG2W], tmp, upstream, procs, layout, wide, workers=2
         )
+    for side, start in starters.items():
+        servers[side] = start()
     for side, server in servers.items():
         pids = server.pids
         server.idle_rss_kib = sum_kib(pids, "VmRSS") if side != DIRECT else None
@@ -911,7 +944,18 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
     results = Results()
     total = len(cells) * args.repeat
     done = 0
+    hwm_kib: dict[str, int] = {}  # the highest VmHWM of each side's processes so far
     for rep in range(args.repeat):
+        if rep and not args.same_process:
+            fresh(servers, starters, hwm_kib, procs)
+            failures = verify(cases, {side: servers[side] for side in starters})
+            if failures:
+                raise RuntimeError("verification failed: " + "; ".join(failures))
+            if args.warmup:
+                for cell in cells:
+                    if cell.side in starters:
+                        url = servers[cell.side].url + cell.scenario.path
+                        wrk.run(url, cell.connections, args.warmup, procs)
         for cell in _rotated(cells, rep):
             m = measure(cell, servers, upstream, wrk, args.duration, procs)
             results.add(cell, m)
@@ -938,7 +982,8 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
             "processes": len(pids),
             "idle_kib": server.idle_rss_kib,
             "peak_kib": max(peak, default=0) or None,
-            "hwm_kib": sum_kib(pids, "VmHWM"),  # read before the proxies are stopped
+            # read before the proxies are stopped; the highest of the side's processes
+            "hwm_kib": max(sum_kib(pids, "VmHWM") or 0, hwm_kib.get(side, 0)) or None,
         }
 
     targets = evaluate_targets(results)
@@ -970,6 +1015,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
         "connections": args.connections,
         "duration_s": args.duration,
         "repeat": args.repeat,
+        "fresh": not args.same_process and args.repeat > 1,
         "warmup_s": args.warmup,
         "haproxy_bufsize": args.haproxy_bufsize,
         "cpus": os.cpu_count(),
