@@ -876,6 +876,7 @@ def fresh(
         hwm_kib[side] = max(hwm_kib.get(side, 0), sum_kib(old.pids, "VmHWM") or 0)
         procs.stop(old.proc)
         servers[side] = start()
+        servers[side].idle_rss_kib = old.idle_rss_kib  # the table shows the first process's
         say(f"# {servers[side].label}: restarted for this repeat, pids {servers[side].pids}")
 
 

@@ -37,7 +37,7 @@ from typing import cast
 import httptools
 from yarl import URL
 
-from .deadline import Deadline
+from .timers import Deadline
 
 # Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of Node.js
 # servers (and most others), so we rarely reuse one the upstream is closing.

@@ -11,13 +11,14 @@ before it, so nothing is left behind when the process stops cleanly.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 import time
 from typing import TextIO
 
 import orjson
+
+from .timers import FlushLater
 
 FLUSH_DELAY = 0.1  # seconds an access line may wait in the buffer
 FLUSH_LINES = 128  # access lines waiting that make a flush happen at once (bounds memory)
@@ -31,8 +32,8 @@ class Log:
         self.stream = stream if stream is not None else sys.stdout
         self._second = -1
         self._prefix = ""
-        self._flush_pending = False
         self._pending: list[_Record] = []
+        self._later = FlushLater(FLUSH_DELAY, self.flush)
 
     def event(self, event: str, **fields: object) -> None:
         """Log one event (startup, reload, shutdown, ...) and flush it."""
@@ -45,17 +46,10 @@ class Log:
         pending.append((time.time(), "request", fields))
         if len(pending) >= FLUSH_LINES:
             self.flush()
-        elif not self._flush_pending:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._flush_pending = True
-            loop.call_later(FLUSH_DELAY, self.flush)
+        else:
+            self._later.due()
 
     def flush(self) -> None:
-        self._flush_pending = False
         line = self._line
         text = "".join([line(*record) for record in self._pending])
         self._pending.clear()

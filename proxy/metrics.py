@@ -17,7 +17,6 @@ answered in an earlier iteration.
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -26,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .timers import FlushLater
 
 PREFIX = "tunnelguard_"
 METHODS = frozenset(
@@ -60,8 +60,7 @@ class Metrics:
         r.register(_FlushFirst(self))
         self._counts: dict[Counter, int] = {}  # child -> increments not flushed yet
         self._observed: dict[Histogram, list[float]] = {}  # child -> observations
-        self._flush_pending = False
-        self._flush_delay = flush_delay
+        self._later = FlushLater(flush_delay, self.flush)
         self.requests = Counter(
             PREFIX + "requests_total",
             "Requests answered, by delivered code and true class.",
@@ -201,8 +200,7 @@ class Metrics:
     def _count(self, child: Counter) -> None:
         counts = self._counts
         counts[child] = counts.get(child, 0) + 1
-        if not self._flush_pending:
-            self._schedule_flush()
+        self._later.due()
 
     def _observe(self, hist: Histogram, seconds: float) -> None:
         observed = self._observed.get(hist)
@@ -210,24 +208,10 @@ class Metrics:
             self._observed[hist] = [seconds]
         else:
             observed.append(seconds)
-        if not self._flush_pending:
-            self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (a test, a tool): write at once
-            self.flush()
-            return
-        self._flush_pending = True
-        if self._flush_delay > 0:
-            loop.call_later(self._flush_delay, self.flush)
-        else:
-            loop.call_soon(self.flush)
+        self._later.due()
 
     def flush(self) -> None:
         """Move every batched sample into its Prometheus series."""
-        self._flush_pending = False
         counts, self._counts = self._counts, {}
         observed, self._observed = self._observed, {}
         for child, n in counts.items():

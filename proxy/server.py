@@ -27,12 +27,12 @@ from aiohttp.web_protocol import RequestHandler
 from . import limits as lim
 from . import respond
 from .config import ServerLimits
-from .deadline import Deadline
 from .limits import Refusal
 from .listener import ConnectionGate
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import new_trace_id, trace_context
+from .timers import Deadline
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
