@@ -902,7 +902,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str
     pinned, wide = layout.proxy_cpus, layout.wide_cpus
     # The Python proxies are started afresh for every repeat (`fresh`): one process's
     # speed depends on its hash seed and memory layout (two processes of the same code
-    # differed by up to 15 us of CPU per request here), so a median over three processes
+    # differed by up to 17 us of CPU per request here), so a median over three processes
     # says more than three runs of one.
     starters: dict[str, Callable[[], Server]] = {
         TG: lambda: start_tunnelguard(TG, LABELS[TG], tmp, upstream, procs, layout, pinned),

@@ -50,8 +50,8 @@ NATIVE = K8S / "deployment-native-sidecar.yaml"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 # Measured by bench/run.py (docs/deploy.md#resource-sizing): VmRSS right after start-up and
 # VmHWM after 10 s runs of 32 connections; one process never uses more than one core.
-IDLE_RSS_MIB = 46
-PEAK_RSS_MIB = 63  # VmHWM after bench/run.py's load cells (bench/results.md)
+IDLE_RSS_MIB = 47
+PEAK_RSS_MIB = 64  # VmHWM after bench/run.py's load cells (bench/results.md)
 # A Deployment's terminationGracePeriodSeconds must exceed what it has to cover by this much.
 GRACE_MARGIN_S = 5
 
