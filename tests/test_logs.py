@@ -121,3 +121,20 @@ async def test_a_full_buffer_is_written_at_once() -> None:
     log.access(route="r", n=FLUSH_LINES - 1)  # memory for waiting lines is bounded
     lines = out.getvalue().splitlines()
     assert [json.loads(line)["n"] for line in lines] == list(range(FLUSH_LINES))
+
+
+def test_json_lines_carry_the_millisecond_and_every_field_once() -> None:
+    import datetime
+
+    log = Log("json", stream=io.StringIO())
+    for now in (1795612834.0, 1795612834.0415, 1795612834.9999, 1795612835.5):
+        line = log._json(now, "request", {"route": "r", "time": "x", "event": "y", "n": 1})
+        doc = json.loads(line)
+        expected = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        assert (
+            doc["time"] == expected.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(now % 1 * 1000):03d}Z"
+        )
+        assert doc == {"time": doc["time"], "event": "request", "route": "r", "n": 1}
+        assert line.count(b'"time"') == 1 and line.count(b'"event"') == 1
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert log._line(now, "request", {"n": 1}).startswith(doc["time"] + " request n=1")
