@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -185,6 +186,16 @@ class TunnelGuard:
         self.log.event("shutdown")
 
 
+def settle_heap() -> None:
+    """Once started, before any request: collect start-up garbage, then move every
+    object left (modules, config, app) out of the garbage collector's sight.  They live
+    as long as the process, and a full collection no longer walks them on every pass:
+    a few percent of CPU under load and shorter pauses (`bench/results.md`).  Only at
+    start-up: freezing later would also freeze requests in flight."""
+    gc.collect()
+    gc.freeze()
+
+
 def url_of(address: tuple[str, int] | None) -> str:
     if address is None:
         return ""
@@ -230,6 +241,7 @@ async def serve(
         log.event("error", message=f"cannot listen: {exc}")
         await app.stop()
         return 1
+    settle_heap()
     await stop.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)  # a second signal stops at once

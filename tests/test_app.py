@@ -141,3 +141,16 @@ async def test_drain_timeout_bounds_the_wait(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_settle_heap_takes_start_up_objects_out_of_the_collectors_sight() -> None:
+    import gc
+
+    from proxy.app import settle_heap
+
+    assert gc.get_freeze_count() == 0
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000  # modules, config, app: all of the start-up heap
+    finally:
+        gc.unfreeze()
