@@ -244,6 +244,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: Pool, key: Endpoint) -> None:
         self.pool = pool
         self.key = key
+        # made inside the loop (create_connection); kept, since asking the running loop
+        # costs a getpid system call per call (the CPython 3.11 fork check)
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -272,7 +275,7 @@ class _Connection(asyncio.Protocol):
         self._complete = self._reusable = self.spoiled = False
         self._response = None
         self._head_bytes = 0
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self._loop.create_future()
         return self._head
 
     def write(self, data: bytes) -> None:
@@ -315,8 +318,7 @@ class _Connection(asyncio.Protocol):
             return head.result()
         deadline = self._deadline
         if deadline is None:
-            loop = asyncio.get_running_loop()
-            deadline = self._deadline = Deadline(loop, self._head_timeout)
+            deadline = self._deadline = Deadline(self._loop, self._head_timeout)
         deadline.set(deadline.now() + seconds)
         try:
             return await head

@@ -275,7 +275,7 @@ class GuardedProtocol(RequestHandler):
     def request_started(self, request: web.BaseRequest) -> None:
         self._request = request
         self._body = request.content
-        self._task = asyncio.current_task()
+        self._task = asyncio.current_task(self._loop)  # no getpid, unlike current_task()
 
     def request_finished(self) -> None:
         self._finished += 1
