@@ -573,7 +573,11 @@ def start_tunnelguard(
     layout: Layout,
     cpus: Sequence[int],
     workers: int = 1,
+    *,
+    root: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> Server:
+    """tunnelguard from the checkout `root` (this one by default), with `env` if given."""
     argv = [sys.executable, "-m", "proxy", "run", "--upstream", upstream.url]
     argv += ["--listen", f"{HOST}:0", "--admin-listen", f"{HOST}:0"]
     if workers != 1:
@@ -581,7 +585,9 @@ def start_tunnelguard(
     log, err = _log_files(tmp, key)
     # stdout (one JSON line per request) goes to a file: it never blocks the proxy.
     with open(log, "wb") as out, open(err, "wb") as errf:
-        proc = procs.start(key, layout.pinned(argv, cpus), stdout=out, stderr=errf, cwd=ROOT)
+        proc = procs.start(
+            key, layout.pinned(argv, cpus), stdout=out, stderr=errf, cwd=root, env=env
+        )
     record = wait_for_startup(proc, log, err, label)
     if workers > 1:
         procs.adopt_children(proc, sys.executable)
