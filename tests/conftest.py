@@ -9,8 +9,9 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,20 @@ async def lying_upstream(start_upstream: UpstreamFactory) -> str:
 
     app.router.add_get("/{tail:.*}", lie)
     return (await start_upstream(app)).url
+
+
+def run_tunnelguard(
+    args: Sequence[str], stdout: Path, stderr: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`tunnelguard run ARGS` from this checkout as its own process, stdin closed; its
+    stdout (JSON lines) goes to the file `stdout`, its stderr to `stderr` or there too."""
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(stdout.open("wb"))
+        err = files.enter_context(stderr.open("wb")) if stderr is not None else subprocess.STDOUT
+        return subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", *args],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        )  # fmt: skip
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10) -> None:

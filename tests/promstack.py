@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -37,7 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, run_tunnelguard
 
 RULE_FILES = (ROOT / "deploy/prometheus/rules.yml", ROOT / "deploy/prometheus/alerts.yml")
 JOB = "tunnelguard"  # the scrape job name, kept by every recording rule
@@ -286,14 +285,7 @@ def spawn_tunnelguard(workdir: Path, *args: str) -> TunnelguardProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     n = len(list(workdir.glob("tunnelguard-*.out")))
     out, err = workdir / f"tunnelguard-{n}.out", workdir / f"tunnelguard-{n}.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", *args],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-        )
+    proc = run_tunnelguard(args, out, err)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         exited = proc.poll() is not None  # read after this: a line written before exit counts

@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import ROOT, LoggedProcess, UpstreamFactory
+from .conftest import LoggedProcess, UpstreamFactory, run_tunnelguard
 
 
 async def _wait_for_startup(log: Path, proc: subprocess.Popen[bytes]) -> dict[str, str]:
@@ -39,11 +38,7 @@ async def test_sigterm_drains_gracefully(start_upstream: UpstreamFactory, tmp_pa
         "drain: {delay: 1s, timeout: 10s}\n"
     )
     log = tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = run_tunnelguard(["--config", str(config)], log)
     try:
         startup = await _wait_for_startup(log, proc)
         proxy, admin = startup["listen"], startup["admin"]
@@ -119,11 +114,7 @@ async def test_drain_timeout_bounds_the_wait(
         f"routes:\n  - {{name: r, upstream: u}}\ndrain: {{delay: 0s, timeout: {timeout}}}\n"
     )
     log = tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = run_tunnelguard(["--config", str(config)], log)
     try:
         startup = await _wait_for_startup(log, proc)
         async with aiohttp.ClientSession() as session:

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from .conftest import ROOT, LoggedProcess, UpstreamFactory
+from .conftest import ROOT, LoggedProcess, UpstreamFactory, run_tunnelguard
 
 CONFIGMAP = ROOT / "deploy/kubernetes/configmap.yaml"
 KEY = "config.yaml"
@@ -98,14 +97,13 @@ async def sidecar(
 
     def start(config: Path) -> LoggedProcess:
         log = tmp_path / "sidecar.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", "--config", str(config), "--watch",
-                 "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                 # replaces the url of the config's only upstream, on every reload too
-                 "--upstream", lying_upstream],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+        proc = run_tunnelguard(
+            ["--config", str(config), "--watch",
+             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+             # replaces the url of the config's only upstream, on every reload too
+             "--upstream", lying_upstream],
+            log,
+        )  # fmt: skip
         procs.append(proc)
         return LoggedProcess(proc, log)
 

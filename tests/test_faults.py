@@ -19,7 +19,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import ROOT
+from .conftest import run_tunnelguard
 
 SEED = 5
 REQUESTS = 2000
@@ -242,12 +241,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[str], ProxyProcess]]:
         path = tmp_path / "faults.yaml"
         path.write_text(config)
         out, err = tmp_path / "proxy.out", tmp_path / "proxy.err"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", "--config", str(path),
-                 "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
-                cwd=ROOT, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+        args = ["--config", str(path), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+        proc = run_tunnelguard(args, out, err)
         started.append(ProxyProcess(proc, out, err))
         return started[-1]
 

@@ -63,7 +63,6 @@ import re
 import statistics
 import string
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -83,6 +82,8 @@ from proxy.presets import PRESET_NAMES, classify
 from proxy.rules import RuleSet, Verdict, compile_ruleset
 from proxy.ruletests import run_tests
 from proxy.runtime import build
+
+from .conftest import run_tunnelguard
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -566,12 +567,8 @@ def spawn_proxy(tmp: Path, config: str) -> ProxyUnderTest:
     path = tmp / "fuzz.yaml"
     path.write_text(config)
     out, err = tmp / "proxy.out", tmp / "proxy.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(path),
-             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
-            cwd=ROOT, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+    args = ["--config", str(path), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+    proc = run_tunnelguard(args, out, err)
     proxy = ProxyUnderTest(proc, out, err)
     deadline = time.monotonic() + 15
     while not proxy.listen:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,7 +13,13 @@ import pytest
 
 from proxy.reload import Attempt, carry_over, try_load
 
-from .conftest import ROOT, LoggedProcess, UpstreamFactory, lying_upstream, stop_processes
+from .conftest import (
+    LoggedProcess,
+    UpstreamFactory,
+    lying_upstream,
+    run_tunnelguard,
+    stop_processes,
+)
 
 
 def config_text(upstream: str, action: str = "rewrite", extra: str = "") -> str:
@@ -31,11 +36,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., LoggedProcess]]:
 
     def start(*args: str) -> LoggedProcess:
         log = tmp_path / f"out{len(procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", *args],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        proc = run_tunnelguard(args, log)
         procs.append(proc)
         return LoggedProcess(proc, log)
 

@@ -12,7 +12,6 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from aiohttp import web
 from proxy import limits as lim
 from proxy.config import Listen, parse_text
 
-from .conftest import ROOT, Upstream, UpstreamFactory, stop_processes
+from .conftest import Upstream, UpstreamFactory, run_tunnelguard, stop_processes
 
 START_TIMEOUT = 15.0
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -135,11 +134,7 @@ async def spawn(start_upstream: UpstreamFactory, tmp_path: Path) -> AsyncIterato
             + (f"server: {{{server}}}\n" if server else "")
         )
         out, err = tmp_path / f"out{n}.log", tmp_path / f"err{n}.log"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            )  # fmt: skip
+        proc = run_tunnelguard(["--config", str(config)], out, err)
         procs.append(proc)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,6 @@ from aiohttp import WSMsgType, web
 from proxy.websocket import MAX_MESSAGE_BYTES
 
 from .conftest import (
-    ROOT,
     LoggedProcess,
     ProxyFactory,
     Running,
@@ -29,6 +27,7 @@ from .conftest import (
     UpstreamFactory,
     closed_port,
     config_yaml,
+    run_tunnelguard,
 )
 
 MiB = 1 << 20
@@ -454,11 +453,7 @@ async def test_sigterm_closes_tunnels_politely(
     config = tmp_path / "c.yaml"
     config.write_text(config_yaml(upstream.url, "drain: {delay: 0s, timeout: 20s}\n"))
     log = tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = run_tunnelguard(["--config", str(config)], log)
     try:
         listen = await _listen_url(log, proc)
         async with (

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +20,13 @@ import pytest
 from proxy.config import Listen
 from proxy.workers import ProxyPort, reuse_port_spreads
 
-from .conftest import ROOT, LoggedProcess, UpstreamFactory, lying_upstream, stop_processes
+from .conftest import (
+    LoggedProcess,
+    UpstreamFactory,
+    lying_upstream,
+    run_tunnelguard,
+    stop_processes,
+)
 
 needs_reuse_port = pytest.mark.skipif(
     not reuse_port_spreads(), reason="SO_REUSEPORT does not balance here (Linux only)"
@@ -51,11 +56,7 @@ def master(tmp_path: Path) -> Iterator[Master]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(log: Path, *args: str) -> subprocess.Popen[bytes]:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", *args],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        proc = run_tunnelguard(args, log)
         procs.append(proc)
         return proc
 
