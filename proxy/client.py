@@ -51,8 +51,15 @@ MAX_HEAD = 64 * 1024
 HIGH_WATER = 128 * 1024  # body bytes buffered before reading from the upstream pauses (as aiohttp)
 LOW_WATER = 32 * 1024
 
-# control bytes other than HTAB: no client may receive them in a header (RFC 9110 5.5)
+# control bytes other than HTAB: no client may receive them in a header (RFC 9110 5.5).
+# llhttp refuses them in header values itself, so only the reason phrase is searched.
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The response headers looked up on every response (framing, inspection): kept by lower-case
+# name as they arrive, so a lookup is one dict access instead of a pass over all headers.
+_LOOKED_UP = frozenset(
+    {b"content-length", b"content-type", b"content-encoding", b"transfer-encoding"}
+)
+_LOOKED_UP_SIZES = frozenset(len(name) for name in _LOOKED_UP)
 # How long a request with `Expect: 100-continue` waits for the upstream's 100 (or final
 # answer) before its body is sent anyway: an HTTP/1.0 upstream never sends a 100 (RFC
 # 9110 10.1.1); curl waits 1 s too.
@@ -134,6 +141,7 @@ class Response:
         "_conn",
         "_done",
         "_error",
+        "_first",
         "_size",
         "_waiter",
         "content_length",
@@ -151,8 +159,10 @@ class Response:
         raw_headers: list[tuple[bytes, bytes]],
         content_length: int | None,
         control_bytes: bool,
+        first: dict[bytes, bytes] | None = None,
     ) -> None:
         self._conn: _Connection | None = conn
+        self._first = first if first is not None else _first_values(raw_headers)
         self.control_bytes = control_bytes  # in the reason phrase or a header value
         self.status = status
         self.reason = reason
@@ -166,6 +176,9 @@ class Response:
 
     def header(self, name: bytes) -> str | None:
         """The first value of header `name` (lower case), decoded as latin-1."""
+        if name in _LOOKED_UP:
+            found = self._first.get(name)
+            return None if found is None else found.decode("latin-1")
         for key, value in self.raw_headers:
             if key.lower() == name:
                 return value.decode("latin-1")
@@ -238,6 +251,16 @@ class Response:
             waiter.set_result(None)
 
 
+def _first_values(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The first value of each `_LOOKED_UP` header, by lower-case name."""
+    first: dict[bytes, bytes] = {}
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower in _LOOKED_UP and lower not in first:
+            first[lower] = value
+    return first
+
+
 class _Connection(asyncio.Protocol):
     """One upstream connection, with its response parser."""
 
@@ -254,10 +277,10 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._first: dict[bytes, bytes] = {}  # see _LOOKED_UP
         self._reason = bytearray()
         self._head_bytes = 0  # received while waiting for the head
         self._head_size = 0  # header bytes of the response being parsed
-        self._control_bytes = False
         self._skip_body = False  # the response to a HEAD has no body
         self.spoiled = False  # the request was not sent whole: never reuse
         self._complete = False  # the current response ended cleanly
@@ -401,8 +424,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = []
+        self._first = {}
         self._head_size = 0
-        self._control_bytes = False
         self._reason.clear()
 
     def on_status(self, status: bytes) -> None:
@@ -412,14 +435,16 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
-        if _CTL.search(value) is not None:
-            self._control_bytes = True
         if size > MAX_FIELD:
             raise MalformedResponse(f"a response header line over {MAX_FIELD} bytes")
         self._head_size += size + 4
         if self._head_size > MAX_HEAD:
             raise MalformedResponse(f"a response head over {MAX_HEAD} bytes")
         self._headers.append((name, value))
+        if len(name) in _LOOKED_UP_SIZES:
+            lower = name.lower()
+            if lower in _LOOKED_UP and lower not in self._first:
+                self._first[lower] = value
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -431,13 +456,11 @@ class _Connection(asyncio.Protocol):
         head = self._head
         if head is None or head.done():
             raise MalformedResponse("a second response to one request")
-        length = None
-        for name, value in self._headers:
-            if name.lower() == b"content-length":
-                length = int(value)  # llhttp has checked it is one number
+        declared = self._first.get(b"content-length")
+        length = None if declared is None else int(declared)  # llhttp checked: one number
         reason = self._reason.decode("latin-1")
-        control = self._control_bytes or _CTL.search(self._reason) is not None
-        response = Response(self, status, reason, self._headers, length, control)
+        control = _CTL.search(self._reason) is not None
+        response = Response(self, status, reason, self._headers, length, control, self._first)
         self._response = response
         self._head = None
         if self._skip_body or status in (204, 304):

@@ -57,8 +57,8 @@ def buffered(delivery: Delivery, raw: bytes, retry_after: int, closing: bool) ->
     Returned to aiohttp, which writes head and body in one write (one system call, one
     packet) once the handler has returned."""
     body = raw if delivery.body is None else delivery.body
-    headers = CIMultiDict(with_retry_after(delivery.status, delivery.headers, retry_after))
-    response = web.Response(body=body, status=delivery.status, headers=headers)
+    headers = with_retry_after(delivery.status, delivery.headers, retry_after)
+    response = web.Response(body=body, status=delivery.status, headers=headers)  # one copy
     if closing:
         response.force_close()
     return response

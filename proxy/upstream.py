@@ -204,7 +204,8 @@ def malformed_head(response: Response) -> bool:
     """A response head we must not pass on (SPEC 7: answer 502 instead): a status outside
     100-599 (RFC 9110 15), a 101 to a request that asked for no upgrade, a transfer coding
     other than chunked (its bytes would reach the client undecoded), or control bytes in
-    the reason phrase or a header value (RFC 9110 5.5) that no client may receive."""
+    the reason phrase (RFC 9110 5.5) that no client may receive (in a header value llhttp
+    refuses them: `client.MalformedResponse`, the same 502)."""
     if not 100 <= response.status <= 599 or response.status == 101:
         return True
     if response.control_bytes:
