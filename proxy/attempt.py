@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import headers as h
-from .client import Response
+from .connection import Response
 from .rewrite import Delivery
 from .rules import Verdict
 from .upstream import Failure

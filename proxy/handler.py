@@ -20,7 +20,8 @@ from . import inspect as ins
 from . import respond
 from . import websocket as ws
 from .attempt import Outcome, Plan, release
-from .client import Pool, Response
+from .client import Pool
+from .connection import Response
 from .logs import Log
 from .metrics import UNMATCHED_ROUTE, Metrics
 from .problem import trace_context

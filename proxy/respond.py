@@ -13,7 +13,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
 from . import headers as h
-from .client import Response
+from .connection import Response
 from .problem import CONTENT_TYPE, problem_body
 from .rewrite import Delivery, with_retry_after
 from .upstream import Failure, UpstreamFailure, iter_body

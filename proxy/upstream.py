@@ -2,7 +2,7 @@
 
 `FAILURES` is the one place where "what happened upstream" becomes a status,
 a `Proxy-Status` error and a metric kind (SPEC 6.1).  `classify` maps the exceptions
-of `client` (HTTP requests) and of aiohttp's client (WebSocket handshakes) onto it,
+of `connection` (HTTP requests) and of aiohttp's client (WebSocket handshakes) onto it,
 most specific first: aiohttp's timeout errors are also `asyncio.TimeoutError`, and a
 deadline of ours arrives as a bare `TimeoutError`.
 """
@@ -20,9 +20,10 @@ import aiohttp
 from aiohttp import ClientSession
 from yarl import URL
 
-from . import client
-from .client import Pool, Response
+from . import connection
+from .client import Pool
 from .config import UpstreamConfig
+from .connection import Response
 from .headers import Headers
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -88,10 +89,10 @@ class UpstreamFailure(Exception):
 
 def classify(exc: BaseException) -> Failure:
     """Map an exception raised while waiting for the response head to its table row:
-    `client`'s own (the HTTP path) or aiohttp's (WebSocket handshakes)."""
+    `connection`'s (the HTTP path) or aiohttp's (WebSocket handshakes)."""
     if isinstance(exc, asyncio.CancelledError):
         raise exc
-    if isinstance(exc, client.ClientFailure):
+    if isinstance(exc, connection.ClientFailure):
         return _classify_client(exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return FAILURES["connection_timeout"]
@@ -114,18 +115,18 @@ def classify(exc: BaseException) -> Failure:
     raise exc
 
 
-def _classify_client(exc: client.ClientFailure) -> Failure:
-    if isinstance(exc, client.ConnectTimeout):
+def _classify_client(exc: connection.ClientFailure) -> Failure:
+    if isinstance(exc, connection.ConnectTimeout):
         return FAILURES["connection_timeout"]
-    if isinstance(exc, client.HeadTimeout):
+    if isinstance(exc, connection.HeadTimeout):
         return FAILURES["http_response_timeout"]
-    if isinstance(exc, client.ConnectFailed):
+    if isinstance(exc, connection.ConnectFailed):
         if isinstance(exc.cause, socket.gaierror):
             return FAILURES["dns_error"]
         if isinstance(exc.cause, ssl.SSLError | ssl.CertificateError):
             return FAILURES["tls_protocol_error"]
         return FAILURES["connection_refused"]
-    if isinstance(exc, client.MalformedResponse):
+    if isinstance(exc, connection.MalformedResponse):
         return PROTOCOL_ERROR
     return FAILURES["http_protocol_error"]  # closed or reset before the response ended
 
@@ -205,7 +206,7 @@ def malformed_head(response: Response) -> bool:
     100-599 (RFC 9110 15), a 101 to a request that asked for no upgrade, a transfer coding
     other than chunked (its bytes would reach the client undecoded), or control bytes in
     the reason phrase (RFC 9110 5.5) that no client may receive (in a header value llhttp
-    refuses them: `client.MalformedResponse`, the same 502)."""
+    refuses them: `connection.MalformedResponse`, the same 502)."""
     if not 100 <= response.status <= 599 or response.status == 101:
         return True
     if response.control_bytes:
@@ -219,7 +220,7 @@ async def iter_body(response: Response) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.iter_any():
             yield chunk
-    except client.ClientFailure as exc:
+    except connection.ClientFailure as exc:
         # After the head, an incomplete body means the connection closed or reset.
         raise UpstreamFailure(FAILURES["http_protocol_error"], exc) from exc
 

@@ -20,7 +20,9 @@ import pytest
 from aiohttp import web
 
 from proxy.app import TunnelGuard
+from proxy.client import Pool, endpoint
 from proxy.config import parse_text
+from proxy.connection import Connection
 from proxy.logs import Log
 from proxy.metrics import Metrics
 
@@ -233,3 +235,14 @@ class LoggedProcess:
             )
             await asyncio.sleep(0.05)
         raise AssertionError(f"no {count} {event!r} in {self.log.read_text()}")
+
+
+async def connected() -> tuple[Pool, Connection, socket.socket]:
+    """A pool and one upstream connection of it over a socket pair: the test writes the
+    upstream's bytes with `conn.data_received` (or through the other socket)."""
+    pool = Pool()
+    ours, theirs = socket.socketpair()
+    key = endpoint("http://127.0.0.1:1")
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: Connection(pool, key), sock=ours)
+    return pool, conn, theirs
