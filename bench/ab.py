@@ -29,6 +29,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import Processes, ensure_tool, say, start_tunnelguard, start_upstream, sum_cpu_seconds
 from run import Measurement, Wrk, choose_layout, parse_args, scenarios, write_site
 
+# What a browser's fetch() to a JSON API sends besides Host (wrk adds Host): what a proxy
+# in front of a web app's API sees, where wrk alone sends one header.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0 Safari/537.36",
+    "Accept: application/json, text/plain, */*",
+    "Accept-Language: en-US,en;q=0.9",
+    "Accept-Encoding: gzip, deflate, br",
+    "Referer: https://app.example/dashboard",
+    "Origin: https://app.example",
+    "Cookie: session=abc123; theme=dark; _ga=GA1.2.3",
+    "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2ln",
+    "X-Request-Id: 6f1c2a9e-1d2b-4c3d-9e8f-0a1b2c3d4e5f",
+    "Connection: keep-alive",
+    "Sec-Fetch-Mode: cors",
+)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,6 +57,18 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
     parser.add_argument("--seed", default="0", help="PYTHONHASHSEED for both sides (0)")
     parser.add_argument("--workers", type=int, default=1, help="tunnelguard --workers (1)")
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra request header for every request (repeat it; wrk -H)",
+    )
+    parser.add_argument(
+        "--browser-headers",
+        action="store_true",
+        help="send the 11 headers a browser's API call carries (see BROWSER_HEADERS)",
+    )
     args = parser.parse_args()
     if not (1 <= args.repeat <= 50 and 1 <= args.duration <= 60):
         parser.error("--repeat must be 1..50 and --duration 1..60")
@@ -79,7 +108,8 @@ def main() -> int:
             )
             for name, root in (("A", args.a), ("B", args.b))
         }
-        wrk = Wrk(wrk_path, "", layout)
+        headers = [*args.header, *(BROWSER_HEADERS if args.browser_headers else ())]
+        wrk = Wrk(wrk_path, "", layout, tuple(headers))
         runs: dict[str, list[tuple[Measurement, float]]] = {name: [] for name in sides}
         for server in sides.values():
             wrk.run(server.url + case.path, args.connections, 1, procs)  # warm-up
@@ -106,6 +136,7 @@ def main() -> int:
         print(
             f"\n{case.title}, -c{args.connections}, PYTHONHASHSEED={args.seed}, "
             f"medians of {args.repeat} x {args.duration} s"
+            + (f", {len(headers)} extra request headers" if headers else "")
         )
         print("| side | req/s | CPU us/request | p50 | p99 |")
         print("|---|--:|--:|--:|--:|")

@@ -327,11 +327,14 @@ class Wrk:
     path: str
     version: str
     layout: Layout
+    headers: tuple[str, ...] = ()  # extra request headers, `Name: value` (wrk -H)
 
     def run(self, url: str, connections: int, duration: int, procs: Processes) -> Measurement:
         if urlsplit(url).hostname != HOST:
             raise ValueError(f"refusing non-loopback target {url}")
         argv = [self.path, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+        for header in self.headers:
+            argv += ["-H", header]
         argv += ["--timeout", f"{WRK_TIMEOUT_S}s", url]
         argv = self.layout.pinned(argv, self.layout.load_cpus)
         proc = procs.start("wrk", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

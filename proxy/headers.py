@@ -6,7 +6,7 @@ Header lists are `list[tuple[str, str]]` in wire order so that repeated headers
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 Headers = list[tuple[str, str]]
 
@@ -36,14 +36,6 @@ def _options(value: bytes) -> set[bytes]:
     return {t.strip() for t in value.lower().split(b",") if t.strip()}
 
 
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            tokens.update(t.decode("latin-1") for t in _options(value.encode("latin-1")))
-    return tokens
-
-
 def _add(values: list[str], value: str) -> None:
     """Collect one line of a list header; an empty line would leave a stray ", "."""
     value = value.strip()
@@ -51,13 +43,39 @@ def _add(values: list[str], value: str) -> None:
         values.append(value)
 
 
-def decode_raw(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    # latin-1 round-trips every byte: nothing the peer sent is altered
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+# What `request_headers` does with a header, by its name as received: computed once per name
+# and kept for at most _NAMES_KEPT names (the same bound as `_names` below).
+(_R_KEEP, _R_DROP, _R_CONNECTION, _R_HOST, _R_XFF, _R_XFP, _R_XFH, _R_VIA,
+ _R_TRACESTATE) = range(9)  # fmt: skip
+_REQUEST_KINDS = {
+    "connection": _R_CONNECTION,
+    "host": _R_HOST,
+    "x-forwarded-for": _R_XFF,
+    "x-forwarded-proto": _R_XFP,
+    "x-forwarded-host": _R_XFH,
+    "via": _R_VIA,
+    "tracestate": _R_TRACESTATE,
+}
+# hop-by-hop, `expect` (100-continue is the proxy's to forward, client.Pool.send) and
+# `traceparent` (the proxy sends its own, below)
+_REQUEST_DROPPED = (HOP_BY_HOP - {"connection"}) | {"expect", "traceparent"}
+_NOT_LISTED = _REQUEST_DROPPED | {"connection"}  # removed whether `Connection` lists them or not
+_RequestName = tuple[int, str, str]  # (what to do, lower-case name, name as text)
+_request_names: dict[bytes, _RequestName] = {}
+
+
+def _classify_request(name: bytes) -> _RequestName:
+    text = name.decode("latin-1")
+    lower = text.lower()
+    kind = _REQUEST_KINDS.get(lower, _R_DROP if lower in _REQUEST_DROPPED else _R_KEEP)
+    entry = (kind, lower, text)
+    if len(_request_names) < _NAMES_KEPT:
+        _request_names[name] = entry
+    return entry
 
 
 def request_headers(
-    raw: Iterable[tuple[bytes, bytes]],
+    raw: Sequence[tuple[bytes, bytes]],
     *,
     client_ip: str | None,
     scheme: str,
@@ -70,39 +88,50 @@ def request_headers(
     `upstream_host` replaces the client's Host when `preserve_host: false`.  When
     `new_trace` is set the client's trace context was unusable, so its `tracestate`
     is dropped with it (W3C Trace Context 3.3).
+
+    One pass over the raw bytes (this runs for every request); names listed in a
+    `Connection` header (RFC 9110 7.6.1) are only known at its end, so a request that
+    lists any is passed over once more, dropping them.
     """
-    headers = decode_raw(raw)
-    drop = HOP_BY_HOP | _connection_tokens(headers)
-    if new_trace:
-        drop = drop | {"tracestate"}
-    drop = drop | {"expect"}  # 100-continue is the proxy's to forward (client.Pool.send)
-    out: Headers = []
-    host = ""
-    xff: list[str] = []
-    xfp: list[str] = []
-    xfh: list[str] = []
-    via: list[str] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in drop or lower == "traceparent":
-            continue
-        if lower == "host":
-            host = value
-            if upstream_host is not None:
+    names = _request_names
+    listed: frozenset[str] = frozenset()  # dropped because `Connection` names them
+    while True:
+        out: Headers = []
+        options: set[str] = set()
+        host = ""
+        xff: list[str] = []
+        xfp: list[str] = []
+        xfh: list[str] = []
+        via: list[str] = []
+        for name, value in raw:
+            kind, lower, text = names.get(name) or _classify_request(name)
+            if kind == _R_KEEP:
+                if lower not in listed:
+                    out.append((text, value.decode("latin-1")))  # latin-1: every byte kept
                 continue
-        elif lower == "x-forwarded-for":
-            _add(xff, value)
-            continue
-        elif lower == "x-forwarded-proto":
-            _add(xfp, value)
-            continue
-        elif lower == "x-forwarded-host":
-            _add(xfh, value)
-            continue
-        elif lower == "via":
-            _add(via, value)
-            continue
-        out.append((name, value))
+            if kind == _R_CONNECTION:
+                options.update(_connection_options_text(value))
+                continue
+            if kind == _R_DROP or lower in listed:
+                continue
+            decoded = value.decode("latin-1")
+            if kind == _R_HOST:
+                host = decoded
+                if upstream_host is None:
+                    out.append((text, decoded))
+            elif kind == _R_XFF:
+                _add(xff, decoded)
+            elif kind == _R_XFP:
+                _add(xfp, decoded)
+            elif kind == _R_XFH:
+                _add(xfh, decoded)
+            elif kind == _R_VIA:
+                _add(via, decoded)
+            elif not new_trace:  # _R_TRACESTATE
+                out.append((text, decoded))
+        if options <= listed:
+            break
+        listed = frozenset(options)
     if upstream_host is not None:
         out.append(("Host", upstream_host))
     # appended, never trusted: the client's values stay first, ours is last
@@ -115,6 +144,20 @@ def request_headers(
     out.append(("Via", ", ".join([*via, VIA])))
     out.append(("traceparent", traceparent))
     return out
+
+
+def _connection_options_text(value: bytes) -> frozenset[str]:
+    """The header names one request `Connection` line lists, less the hop-by-hop ones
+    (dropped anyway), so the usual `keep-alive` asks for no second pass."""
+    listed = _request_options.get(value)
+    if listed is None:
+        listed = frozenset(t.decode("latin-1") for t in _options(value)) - _NOT_LISTED
+        if len(_request_options) < _NAMES_KEPT:
+            _request_options[value] = listed
+    return listed
+
+
+_request_options: dict[bytes, frozenset[str]] = {}
 
 
 def _as_written(value: bytes) -> str:

@@ -271,6 +271,96 @@ def test_request_everything_at_once() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("listed", "gone"),
+    [
+        ("Host", "Host"),  # nor a X-Forwarded-Host made from it
+        ("X-Forwarded-For", "X-Forwarded-For"),  # the client's value; ours is still added
+        ("Via", "Via"),
+        ("tracestate", "tracestate"),
+        ("close", "Close"),  # "close" is an option and a (reserved) field name alike
+    ],
+)
+def test_request_connection_may_name_any_header(listed: str, gone: str) -> None:
+    out = _request(
+        (gone, "client-value"), ("Connection", listed), ("Accept", "*/*"), client_ip="10.0.0.1"
+    )
+    assert ("Accept", "*/*") in out
+    assert all(value != "client-value" for _, value in out)
+    assert _values(out, "X-Forwarded-For") == ["10.0.0.1"]
+    assert _values(out, "Via") == ["1.1 tunnelguard"]
+    assert _values(out, "X-Forwarded-Host") == []
+
+
+def _reference_request(pairs: list[tuple[str, str]], upstream_host: str | None) -> Headers:
+    """SPEC 7 for a request, written plainly (no caching, several passes): what
+    `request_headers` must equal."""
+    listed = {
+        t.strip().lower() for n, v in pairs if n.lower() == "connection" for t in v.split(",")
+    }
+    drop = set(h.HOP_BY_HOP) | listed | {"expect", "traceparent"}
+    keep = [(n, v) for n, v in pairs if n.lower() not in drop]
+    special = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"}
+
+    def values(name: str) -> list[str]:
+        return [v.strip() for n, v in keep if n.lower() == name and v.strip()]
+
+    hosts = [v for n, v in keep if n.lower() == "host"]
+    out = [(n, v) for n, v in keep if n.lower() not in special - {"host"}]
+    if upstream_host is not None:
+        out = [(n, v) for n, v in out if n.lower() != "host"] + [("Host", upstream_host)]
+    out.append(("X-Forwarded-For", ", ".join([*values("x-forwarded-for"), "127.0.0.1"])))
+    out.append(("X-Forwarded-Proto", ", ".join([*values("x-forwarded-proto"), "http"])))
+    xfh = values("x-forwarded-host") + hosts[-1:]  # the last Host line wins, as before
+    if xfh:
+        out.append(("X-Forwarded-Host", ", ".join(xfh)))
+    out.append(("Via", ", ".join([*values("via"), "1.1 tunnelguard"])))
+    return [*out, ("traceparent", TP)]
+
+
+_POOL = [
+    ("Host", "h"),
+    ("Accept", "*/*"),
+    ("X-Forwarded-For", "1.2.3.4"),
+    ("via", "1.0 edge"),
+    ("Connection", "x-a"),
+    ("X-A", "1"),
+    ("Connection", "keep-alive, Host"),
+    ("Keep-Alive", "timeout=5"),
+    ("tracestate", "k=v"),
+    ("Connection", "close"),
+    ("x-forwarded-host", "outer"),
+]
+
+
+@pytest.mark.parametrize("upstream_host", [None, "up.internal"])
+@pytest.mark.parametrize("start", range(len(_POOL)))
+def test_request_headers_match_the_plain_reference(start: int, upstream_host: str | None) -> None:
+    """Every rotation of a pool of awkward lines, and every prefix of it."""
+    rotated = _POOL[start:] + _POOL[:start]
+    for end in range(len(rotated) + 1):
+        pairs = rotated[:end]
+        assert _request(*pairs, upstream_host=upstream_host) == _reference_request(
+            pairs, upstream_host
+        ), pairs
+
+
+def test_request_names_past_the_remembered_ones_are_still_filtered() -> None:
+    """As for responses: a client inventing names cannot grow the proxy's memory."""
+    for i in range(h._NAMES_KEPT + 50):
+        out = _request(
+            (f"X-Invented-{i}", "1"), ("Connection", f"x-gone-{i}"), (f"X-Gone-{i}", "2")
+        )
+        assert out == [
+            (f"X-Invented-{i}", "1"),
+            *FORWARDED,
+            ("Via", "1.1 tunnelguard"),
+            ("traceparent", TP),
+        ]
+    assert len(h._request_names) <= h._NAMES_KEPT
+    assert len(h._request_options) <= h._NAMES_KEPT
+
+
 def test_request_latin1_round_trip() -> None:
     raw = [(b"Host", b"h"), (b"X-Name", b"caf\xe9 \xff\x80")]
     out = h.request_headers(
@@ -388,7 +478,3 @@ def test_without() -> None:
     headers: Headers = [("ETag", "1"), ("X-A", "a"), ("etag", "2"), ("Cache-Control", "c")]
     assert h.without(headers, frozenset({"etag", "cache-control"})) == [("X-A", "a")]
     assert headers == [("ETag", "1"), ("X-A", "a"), ("etag", "2"), ("Cache-Control", "c")]
-
-
-def test_decode_raw() -> None:
-    assert h.decode_raw([(b"A", b"\x00\xff"), (b"b", b"")]) == [("A", "\x00\u00ff"), ("b", "")]
