@@ -62,6 +62,7 @@ _REQUEST_DROPPED = (HOP_BY_HOP - {"connection"}) | {"expect", "traceparent"}
 _NOT_LISTED = _REQUEST_DROPPED | {"connection"}  # removed whether `Connection` lists them or not
 _RequestName = tuple[int, str, str]  # (what to do, lower-case name, name as text)
 _request_names: dict[bytes, _RequestName] = {}
+_request_options: dict[bytes, frozenset[str]] = {}  # the same, for Connection values
 
 
 def _classify_request(name: bytes) -> _RequestName:
@@ -155,9 +156,6 @@ def _connection_options_text(value: bytes) -> frozenset[str]:
         if len(_request_options) < _NAMES_KEPT:
             _request_options[value] = listed
     return listed
-
-
-_request_options: dict[bytes, frozenset[str]] = {}
 
 
 def _as_written(value: bytes) -> str:
