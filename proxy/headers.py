@@ -7,8 +7,10 @@ Header lists are `list[tuple[str, str]]` in wire order so that repeated headers
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 Headers = list[tuple[str, str]]
+_T = TypeVar("_T")
 
 VIA = "1.1 tunnelguard"
 
@@ -27,13 +29,35 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_VERDICT_PREFIX = "tunnelguard-"
+_VERDICT_PREFIX = b"tunnelguard-"  # an upstream's own verdict headers never pass (SPEC 7)
+
+# Both directions classify each header name once and remember it, and remember what each
+# `Connection` value lists: a peer sends the same few names and values every time.  At most
+# _NAMES_KEPT entries per cache bound the memory a peer inventing names can take.
+_NAMES_KEPT = 1024
+
+
+def _remember(cache: dict[bytes, _T], key: bytes, value: _T) -> _T:
+    if len(cache) < _NAMES_KEPT:
+        cache[key] = value
+    return value
 
 
 def _options(value: bytes) -> set[bytes]:
     """The options of one `Connection` line, lower case: header names that are hop-by-hop
     too (RFC 9110 7.6.1)."""
     return {t.strip() for t in value.lower().split(b",") if t.strip()}
+
+
+def _listed(
+    value: bytes, cache: dict[bytes, frozenset[bytes]], dropped_anyway: frozenset[bytes]
+) -> frozenset[bytes]:
+    """The header names one `Connection` line lists, less those dropped anyway (so that
+    the usual `keep-alive` lists nothing more to remove)."""
+    listed = cache.get(value)
+    if listed is None:
+        listed = _remember(cache, value, frozenset(_options(value) - dropped_anyway))
+    return listed
 
 
 def _add(values: list[str], value: str) -> None:
@@ -43,36 +67,33 @@ def _add(values: list[str], value: str) -> None:
         values.append(value)
 
 
-# What `request_headers` does with a header, by its name as received: computed once per name
-# and kept for at most _NAMES_KEPT names (the same bound as `_names` below).
+# What `request_headers` does with a header, by its name as received.
 (_R_KEEP, _R_DROP, _R_CONNECTION, _R_HOST, _R_XFF, _R_XFP, _R_XFH, _R_VIA,
  _R_TRACESTATE) = range(9)  # fmt: skip
 _REQUEST_KINDS = {
-    "connection": _R_CONNECTION,
-    "host": _R_HOST,
-    "x-forwarded-for": _R_XFF,
-    "x-forwarded-proto": _R_XFP,
-    "x-forwarded-host": _R_XFH,
-    "via": _R_VIA,
-    "tracestate": _R_TRACESTATE,
+    b"connection": _R_CONNECTION,
+    b"host": _R_HOST,
+    b"x-forwarded-for": _R_XFF,
+    b"x-forwarded-proto": _R_XFP,
+    b"x-forwarded-host": _R_XFH,
+    b"via": _R_VIA,
+    b"tracestate": _R_TRACESTATE,
 }
 # hop-by-hop, `expect` (100-continue is the proxy's to forward, client.Pool.send) and
 # `traceparent` (the proxy sends its own, below)
-_REQUEST_DROPPED = (HOP_BY_HOP - {"connection"}) | {"expect", "traceparent"}
-_NOT_LISTED = _REQUEST_DROPPED | {"connection"}  # removed whether `Connection` lists them or not
-_RequestName = tuple[int, str, str]  # (what to do, lower-case name, name as text)
-_request_names: dict[bytes, _RequestName] = {}
-_request_options: dict[bytes, frozenset[str]] = {}  # the same, for Connection values
+_REQUEST_DROPPED = frozenset(
+    name.encode() for name in (HOP_BY_HOP - {"connection"}) | {"expect", "traceparent"}
+)
+_REQUEST_NOT_LISTED = _REQUEST_DROPPED | {b"connection"}  # removed whether listed or not
+_Name = tuple[int, bytes, str]  # (what to do, lower-case name, name as text)
+_request_names: dict[bytes, _Name] = {}
+_request_options: dict[bytes, frozenset[bytes]] = {}  # Connection value -> names it lists
 
 
-def _classify_request(name: bytes) -> _RequestName:
-    text = name.decode("latin-1")
-    lower = text.lower()
+def _classify_request(name: bytes) -> _Name:
+    lower = name.lower()
     kind = _REQUEST_KINDS.get(lower, _R_DROP if lower in _REQUEST_DROPPED else _R_KEEP)
-    entry = (kind, lower, text)
-    if len(_request_names) < _NAMES_KEPT:
-        _request_names[name] = entry
-    return entry
+    return _remember(_request_names, name, (kind, lower, name.decode("latin-1")))
 
 
 def request_headers(
@@ -95,10 +116,10 @@ def request_headers(
     lists any is passed over once more, dropping them.
     """
     names = _request_names
-    listed: frozenset[str] = frozenset()  # dropped because `Connection` names them
+    listed: frozenset[bytes] = frozenset()  # dropped because `Connection` names them
     while True:
         out: Headers = []
-        options: set[str] = set()
+        options: set[bytes] = set()
         host = ""
         xff: list[str] = []
         xfp: list[str] = []
@@ -111,7 +132,7 @@ def request_headers(
                     out.append((text, value.decode("latin-1")))  # latin-1: every byte kept
                 continue
             if kind == _R_CONNECTION:
-                options.update(_connection_options_text(value))
+                options.update(_listed(value, _request_options, _REQUEST_NOT_LISTED))
                 continue
             if kind == _R_DROP or lower in listed:
                 continue
@@ -147,17 +168,6 @@ def request_headers(
     return out
 
 
-def _connection_options_text(value: bytes) -> frozenset[str]:
-    """The header names one request `Connection` line lists, less the hop-by-hop ones
-    (dropped anyway), so the usual `keep-alive` asks for no second pass."""
-    listed = _request_options.get(value)
-    if listed is None:
-        listed = frozenset(t.decode("latin-1") for t in _options(value)) - _NOT_LISTED
-        if len(_request_options) < _NAMES_KEPT:
-            _request_options[value] = listed
-    return listed
-
-
 def _as_written(value: bytes) -> str:
     """A response header value as text that aiohttp's server writes back as the same
     bytes: it encodes header text as UTF-8, so valid UTF-8 (the usual non-ASCII case)
@@ -171,41 +181,23 @@ def _as_written(value: bytes) -> str:
 
 _RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length"})
 
-# What `response_headers` does with a header, by its name as received: computed once per
-# name (an upstream sends the same few names on every response) and kept for at most
-# _NAMES_KEPT names, which bounds the memory a hostile upstream's invented names can take.
+# What `response_headers` does with a header, by its name as received.
 _KEEP, _DROP, _CONNECTION, _VIA = range(4)
-_NAMES_KEPT = 1024
-_Name = tuple[int, bytes, str]  # (what to do, lower-case name, name as text)
 _names: dict[bytes, _Name] = {}
-_connection_options: dict[bytes, frozenset[bytes]] = {}  # the same, for Connection values
+_connection_options: dict[bytes, frozenset[bytes]] = {}  # Connection value -> names it lists
 
 
 def _classify(name: bytes) -> _Name:
     lower = name.lower()
     if lower == b"connection":
         kind = _CONNECTION
-    elif lower in _RESPONSE_DROP or lower.startswith(b"tunnelguard-"):
+    elif lower in _RESPONSE_DROP or lower.startswith(_VERDICT_PREFIX):
         kind = _DROP
     elif lower == b"via":
         kind = _VIA
     else:
         kind = _KEEP
-    entry = (kind, lower, name.decode("latin-1"))
-    if len(_names) < _NAMES_KEPT:
-        _names[name] = entry
-    return entry
-
-
-def _listed(value: bytes) -> frozenset[bytes]:
-    """The header names one `Connection` line lists, less those dropped anyway (so that
-    the usual `keep-alive` lists nothing more to remove)."""
-    listed = _connection_options.get(value)
-    if listed is None:
-        listed = frozenset(_options(value) - _RESPONSE_DROP)
-        if len(_connection_options) < _NAMES_KEPT:
-            _connection_options[value] = listed
-    return listed
+    return _remember(_names, name, (kind, lower, name.decode("latin-1")))
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -228,7 +220,7 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
                 text = value.decode("latin-1")
             kept.append((entry, text))
         elif kind == _CONNECTION:
-            listed |= _listed(value)
+            listed |= _listed(value, _connection_options, _RESPONSE_DROP)
         elif kind == _VIA:
             _add(via, _as_written(value))
     if listed:
