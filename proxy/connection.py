@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -123,10 +123,10 @@ class Response:
         raw_headers: list[tuple[bytes, bytes]],
         content_length: int | None,
         control_bytes: bool,
-        first: dict[bytes, bytes] | None = None,
+        first: dict[bytes, bytes],  # the first value of each _LOOKED_UP header, by lower name
     ) -> None:
         self._conn: Connection | None = conn
-        self._first = first if first is not None else _first_values(raw_headers)
+        self._first = first
         self.control_bytes = control_bytes  # in the reason phrase or a header value
         self.status = status
         self.reason = reason
@@ -213,16 +213,6 @@ class Response:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-
-def _first_values(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """The first value of each `_LOOKED_UP` header, by lower-case name."""
-    first: dict[bytes, bytes] = {}
-    for name, value in raw_headers:
-        lower = name.lower()
-        if lower in _LOOKED_UP and lower not in first:
-            first[lower] = value
-    return first
 
 
 class Connection(asyncio.Protocol):
