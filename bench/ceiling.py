@@ -183,7 +183,8 @@ def _one_connection(
     """Latency at one connection (`wrk -c1`): the p50 each proxy adds over the upstream
     alone, and its CPU per request, which is far above the loaded figure: every request
     now pays the proxy's wake-ups from idle and its cold caches."""
-    ticks = 100.0
+    from peers import proc_cpu_seconds
+
     direct_p50 = statistics.median(
         wrk.run(direct + case.path, 1, args.duration, procs).p50_ms for _ in range(args.repeat)
     )
@@ -193,9 +194,9 @@ def _one_connection(
     for side, (url, pid) in sides.items():
         runs = []
         for _ in range(args.repeat):
-            before = sum(_user_sys_ticks(pid))
+            before = proc_cpu_seconds(pid) or 0.0
             m = wrk.run(url + case.path, 1, args.duration, procs)
-            cpu = (sum(_user_sys_ticks(pid)) - before) / ticks * 1e6 / max(m.requests, 1)
+            cpu = ((proc_cpu_seconds(pid) or 0.0) - before) * 1e6 / max(m.requests, 1)
             runs.append((m.p50_ms, cpu))
         p50 = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
