@@ -9,9 +9,9 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from . import __version__
-from .config import Config, ConfigError, Listen, load_default, load_file
-from .logs import Log
+from proxy import __version__
+from proxy.config import Config, ConfigError, Listen, load_default, load_file
+from proxy.logs import Log
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -138,7 +138,7 @@ def _report(errors: ConfigError) -> None:
 
 
 def _failing_tests(config: Config) -> list[str]:
-    from .ruletests import failure_report
+    from proxy.ruletests import failure_report
 
     return failure_report(config)
 
@@ -169,16 +169,16 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.worker_fd is not None:  # a worker of a --workers N master: it watches nothing
         import socket
 
-        from .app import serve
+        from proxy.app import serve
 
         sock = socket.socket(fileno=args.worker_fd)
         return _run_async(serve(config, log, sock, loader=loader))
     if args.workers > 1:
-        from .workers import run_master
+        from proxy.workers import run_master
 
         worker_argv = [a for a in argv if a != "--watch"] + ["--workers", "1"]
         return run_master(config, log, worker_argv, args.workers, loader, watch_path)
-    from .app import serve
+    from proxy.app import serve
 
     return _run_async(serve(config, log, loader=loader, watch_path=watch_path))
 
@@ -203,8 +203,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Exit 0 when explained (match or not); 2 for bad usage, config or body file."""
-    from .explain import explain
-    from .explainrender import render, to_json
+    from proxy.explain import explain
+    from proxy.explainrender import render, to_json
 
     try:
         config = load_file(args.config)
@@ -255,7 +255,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from proxy.demo import run_demo
 
     return _run_async(run_demo(args.listen, args.admin_listen, once=args.once))
 

@@ -12,17 +12,17 @@ from collections.abc import Callable, Coroutine
 
 from aiohttp import ClientSession, web
 
-from .admin import build_admin
-from .client import Pool
-from .config import Config
-from .handler import Proxy
-from .listener import ListenSite
-from .logs import Log
-from .metrics import FLUSH_DELAY, Metrics
-from .reload import Loader, carry_over, try_load, watch
-from .runtime import Runtime, build
-from .server import Accounting, GuardedServer
-from .upstream import new_session
+from proxy.admin import build_admin
+from proxy.client import Pool
+from proxy.config import Config
+from proxy.handler import Proxy
+from proxy.listener import ListenSite
+from proxy.logs import Log
+from proxy.metrics import FLUSH_DELAY, Metrics
+from proxy.reload import Loader, carry_over, try_load, watch
+from proxy.runtime import Runtime, build
+from proxy.server import Accounting, GuardedServer
+from proxy.upstream import new_session
 
 _CANCEL_GRACE = 1.0  # seconds a request cancelled at the end of a drain gets to unwind
 

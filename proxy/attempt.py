@@ -7,11 +7,11 @@ import email.utils
 import time
 from dataclasses import dataclass, field
 
-from . import headers as h
-from .connection import Response
-from .rewrite import Delivery
-from .rules import Verdict
-from .upstream import Failure
+from proxy import headers as h
+from proxy.connection import Response
+from proxy.rewrite import Delivery
+from proxy.rules import Verdict
+from proxy.upstream import Failure
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from yarl import URL
 
-from .connection import (
+from proxy.connection import (
     ConnectFailed,
     Connection,
     ConnectTimeout,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .yamlsrc import Source, YamlError, load
+from proxy.yamlsrc import Source, YamlError, load
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
 
@@ -243,7 +243,7 @@ class Config:
 
 def parse_text(text: str, file: str = "<config>", upstream_url: str | None = None) -> Config:
     """Parse a YAML document; raise ConfigError listing every problem."""
-    from .configparse import parse_document, render_path  # the walker, kept apart
+    from proxy.configparse import parse_document, render_path
 
     try:
         source: Source = load(text, file)

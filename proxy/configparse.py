@@ -13,7 +13,7 @@ import re
 
 from yarl import URL
 
-from .config import (
+from proxy.config import (
     ACTIONS,
     RETRY_REASONS,
     BreakerPolicy,
@@ -28,10 +28,10 @@ from .config import (
     Timeouts,
     UpstreamConfig,
 )
-from .configwalk import BAD, Walker, describe, render_path
-from .presets import PRESET_NAMES
-from .ruleparse import parse_rules, parse_tests
-from .yamlsrc import Path, Source
+from proxy.configwalk import BAD, Walker, describe, render_path
+from proxy.presets import PRESET_NAMES
+from proxy.ruleparse import parse_rules, parse_tests
+from proxy.yamlsrc import Path, Source
 
 __all__ = ["parse_document", "render_path"]
 

@@ -13,12 +13,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from .config import (
-    Listen,
-    Problem,
-)
-from .pointer import PointerError, compile_pointer
-from .yamlsrc import Path, Source
+from proxy.config import Listen, Problem
+from proxy.pointer import PointerError, compile_pointer
+from proxy.yamlsrc import Path, Source
 
 T = TypeVar("T")
 BAD: Any = object()  # a value that failed to parse; the caller falls back to the default

@@ -10,9 +10,9 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from .app import TunnelGuard
-from .config import Listen, load_default
-from .logs import Log
+from proxy.app import TunnelGuard
+from proxy.config import Listen, load_default
+from proxy.logs import Log
 
 GRAPHQL = "application/graphql-response+json"
 

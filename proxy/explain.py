@@ -15,15 +15,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import headers as h
-from . import inspect as ins
-from .config import Config, RouteConfig, TestResponse
-from .metrics import status_class
-from .pointer import MISSING
-from .rules import Verdict
-from .ruletests import Simulation, simulate
-from .ruletrace import RuleTrace, trace_rules
-from .runtime import Route, build
+from proxy import headers as h
+from proxy import inspect as ins
+from proxy.config import Config, RouteConfig, TestResponse
+from proxy.metrics import status_class
+from proxy.pointer import MISSING
+from proxy.rules import Verdict
+from proxy.ruletests import Simulation, simulate
+from proxy.ruletrace import RuleTrace, trace_rules
+from proxy.runtime import Route, build
 
 # -- the whole response ----------------------------------------------------------------------
 

@@ -15,21 +15,21 @@ from collections.abc import Callable
 from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
-from . import headers as h
-from . import inspect as ins
-from . import respond
-from . import websocket as ws
-from .attempt import Outcome, Plan, release
-from .client import Pool
-from .connection import Response
-from .logs import Log
-from .metrics import UNMATCHED_ROUTE, Metrics
-from .problem import trace_context
-from .resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
-from .rewrite import Delivery, apply_verdict
-from .runtime import Route, Runtime
-from .server import refused_status
-from .upstream import (
+from proxy import headers as h
+from proxy import inspect as ins
+from proxy import respond
+from proxy import websocket as ws
+from proxy.attempt import Outcome, Plan, release
+from proxy.client import Pool
+from proxy.connection import Response
+from proxy.logs import Log
+from proxy.metrics import UNMATCHED_ROUTE, Metrics
+from proxy.problem import trace_context
+from proxy.resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
+from proxy.rewrite import Delivery, apply_verdict
+from proxy.runtime import Route, Runtime
+from proxy.server import refused_status
+from proxy.upstream import (
     FAILURE_KINDS,
     OVERLOADED,
     PROTOCOL_ERROR,

@@ -16,8 +16,8 @@ import brotli
 import orjson
 import zstandard
 
-from .config import InspectConfig
-from .rules import Verdict
+from proxy.config import InspectConfig
+from proxy.rules import Verdict
 
 # inspections_total{result} values (SPEC section 8)
 MATCHED = "matched"

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .timers import FlushLater
+from proxy import __version__
+from proxy.timers import FlushLater
 
 PREFIX = "tunnelguard_"
 METHODS = frozenset(

@@ -12,8 +12,8 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .config import Config, ConfigError
-from .ruletests import failure_report
+from proxy.config import Config, ConfigError
+from proxy.ruletests import failure_report
 
 Loader = Callable[[], Config]
 WATCH_INTERVAL = 1.0  # seconds between looks at the file: cheap, and no inotify needed

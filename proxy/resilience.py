@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import BreakerPolicy, RetryPolicy, UpstreamConfig
+from proxy.config import BreakerPolicy, RetryPolicy, UpstreamConfig
 
 Clock = Callable[[], float]
 

@@ -12,11 +12,11 @@ import contextlib
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
-from . import headers as h
-from .connection import Response
-from .problem import CONTENT_TYPE, problem_body
-from .rewrite import Delivery, with_retry_after
-from .upstream import Failure, UpstreamFailure, iter_body
+from proxy import headers as h
+from proxy.connection import Response
+from proxy.problem import CONTENT_TYPE, problem_body
+from proxy.rewrite import Delivery, with_retry_after
+from proxy.upstream import Failure, UpstreamFailure, iter_body
 
 
 def start(

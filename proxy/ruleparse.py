@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import re2
 
-from .config import (
+from proxy.config import (
     ACTIONS,
     BODIES,
     AllOf,
@@ -20,9 +20,9 @@ from .config import (
     TestResponse,
     When,
 )
-from .configwalk import BAD, Walker, describe
-from .presets import PRESET_NAMES
-from .yamlsrc import Path
+from proxy.configwalk import BAD, Walker, describe
+from proxy.presets import PRESET_NAMES
+from proxy.yamlsrc import Path
 
 # RE2 is linear in the input, but its fast engine gives up on large programs and the
 # fallback costs program size x input: `(?s).{0,1000}z` (size 8005) took ~10 s on 1 MiB of

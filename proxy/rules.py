@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import re2
 
-from .config import AllOf, AnyOf, Condition, Not, RuleConfig, StatusSpec, When
-from .pointer import MISSING, Pointer, compile_pointer
-from .presets import PRESET_NAMES, Preset, build_preset
+from proxy.config import AllOf, AnyOf, Condition, Not, RuleConfig, StatusSpec, When
+from proxy.pointer import MISSING, Pointer, compile_pointer
+from proxy.presets import PRESET_NAMES, Preset, build_preset
 
 Predicate = Callable[[object], bool]
 

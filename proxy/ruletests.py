@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import headers as h
-from . import inspect as ins
-from .config import Config, RuleTest, TestResponse
-from .problem import new_trace_id
-from .rewrite import apply_verdict, with_retry_after
-from .rules import RuleSet, compile_ruleset
-from .runtime import Runtime, build
+from proxy import headers as h
+from proxy import inspect as ins
+from proxy.config import Config, RuleTest, TestResponse
+from proxy.problem import new_trace_id
+from proxy.rewrite import apply_verdict, with_retry_after
+from proxy.rules import RuleSet, compile_ruleset
+from proxy.runtime import Runtime, build
 
 
 @dataclass(frozen=True, slots=True)

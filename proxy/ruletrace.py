@@ -14,9 +14,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import AllOf, AnyOf, Not, When
-from .pointer import MISSING, compile_pointer
-from .presets import (
+from proxy.config import AllOf, AnyOf, Not, When
+from proxy.pointer import MISSING, compile_pointer
+from proxy.presets import (
     ENVELOPE_STATUSES,
     FALLBACK_STATUS,
     GRAPHQL_RESPONSE_JSON,
@@ -30,7 +30,7 @@ from .presets import (
     classify_row,
     envelope_message,
 )
-from .rules import PresetRule, Rule, UserRule, compile_condition, json_number, text_form
+from proxy.rules import PresetRule, Rule, UserRule, compile_condition, json_number, text_form
 
 # -- showing body values ---------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from .client import authority
-from .config import Config, RouteConfig, UpstreamConfig
-from .inspect import InspectPolicy
-from .rules import RuleSet, compile_ruleset
+from proxy.client import authority
+from proxy.config import Config, RouteConfig, UpstreamConfig
+from proxy.inspect import InspectPolicy
+from proxy.rules import RuleSet, compile_ruleset
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,15 +24,15 @@ from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from . import limits as lim
-from . import respond
-from .config import ServerLimits
-from .limits import Refusal
-from .listener import ConnectionGate
-from .logs import Log
-from .metrics import UNMATCHED_ROUTE, Metrics
-from .problem import new_trace_id, trace_context
-from .timers import Deadline
+from proxy import limits as lim
+from proxy import respond
+from proxy.config import ServerLimits
+from proxy.limits import Refusal
+from proxy.listener import ConnectionGate
+from proxy.logs import Log
+from proxy.metrics import UNMATCHED_ROUTE, Metrics
+from proxy.problem import new_trace_id, trace_context
+from proxy.timers import Deadline
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 

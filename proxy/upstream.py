@@ -20,11 +20,11 @@ import aiohttp
 from aiohttp import ClientSession
 from yarl import URL
 
-from . import connection
-from .client import Pool
-from .config import UpstreamConfig
-from .connection import Response
-from .headers import Headers
+from proxy import connection
+from proxy.client import Pool
+from proxy.config import UpstreamConfig
+from proxy.connection import Response
+from proxy.headers import Headers
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 

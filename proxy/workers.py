@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .config import Config, Listen
-from .logs import Log
-from .reload import Loader, carry_over, try_load, watch
+from proxy.config import Config, Listen
+from proxy.logs import Log
+from proxy.reload import Loader, carry_over, try_load, watch
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_FD_FLAG = "--worker-fd"
@@ -197,9 +197,9 @@ class Master:
         from prometheus_client import CollectorRegistry
         from prometheus_client import multiprocess as mp
 
-        from .admin import build_admin
-        from .app import url_of
-        from .metrics import Metrics
+        from proxy.admin import build_admin
+        from proxy.app import url_of
+        from proxy.metrics import Metrics
 
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
