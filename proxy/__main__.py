@@ -10,8 +10,10 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, Listen, load_default, load_file
-from proxy.logs import Log
+from proxy.config.errors import ConfigError
+from proxy.config.load import load_default, load_file
+from proxy.config.model import Config, Listen
+from proxy.observe.logs import Log
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

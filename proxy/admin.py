@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
-from proxy.config import Config
+from proxy.config.model import Config
 
 
 def redact_url(url: str) -> str:

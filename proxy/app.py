@@ -14,11 +14,11 @@ from aiohttp import ClientSession, web
 
 from proxy.admin import build_admin
 from proxy.client import Pool
-from proxy.config import Config
+from proxy.config.model import Config
 from proxy.handler import Proxy
 from proxy.listener import ListenSite
-from proxy.logs import Log
-from proxy.metrics import FLUSH_DELAY, Metrics
+from proxy.observe.logs import Log
+from proxy.observe.metrics import FLUSH_DELAY, Metrics
 from proxy.reload import Loader, carry_over, try_load, watch
 from proxy.runtime import Runtime, build
 from proxy.server import Accounting, GuardedServer

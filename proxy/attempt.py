@@ -7,11 +7,11 @@ import email.utils
 import time
 from dataclasses import dataclass, field
 
-from proxy import headers as h
 from proxy.connection import Response
 from proxy.rewrite import Delivery
 from proxy.rules import Verdict
 from proxy.upstream import Failure
+from proxy.wire import headers as h
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from proxy.connection import (
     Endpoint,
     Response,
 )
+from proxy.wire.headers import authority
 
 # Idle pooled connections are dropped after 4 s: below the 5 s idle timeout of Node.js
 # servers (and most others), so we rarely reuse one the upstream is closing.
@@ -50,17 +51,6 @@ def endpoint(base_url: str) -> Endpoint:
     host = url.raw_host or ""
     port = url.port or (443 if url.scheme == "https" else 80)
     return Endpoint(url.scheme, host, port, authority(url), url.raw_path.rstrip("/"))
-
-
-def authority(url: URL) -> str:
-    """`host[:port]` as a Host header names it (RFC 9110 7.2): IPv6 in brackets, the
-    scheme's default port left out."""
-    text = url.raw_host or ""
-    if ":" in text:
-        text = f"[{text}]"
-    if url.port is not None and url.port != {"http": 80, "https": 443}.get(url.scheme):
-        text += f":{url.port}"
-    return text
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.timers import Deadline
+from proxy.wire.deadline import Deadline
 
 # An upstream's response head is bounded like a client's request head: one header line
 # over MAX_FIELD bytes (aiohttp's and nginx's usual 8 KiB) or a head over MAX_HEAD bytes

@@ -11,8 +11,9 @@ import aiohttp
 from aiohttp import web
 
 from proxy.app import TunnelGuard
-from proxy.config import Listen, load_default
-from proxy.logs import Log
+from proxy.config.load import load_default
+from proxy.config.model import Listen
+from proxy.observe.logs import Log
 
 GRAPHQL = "application/graphql-response+json"
 

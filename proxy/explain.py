@@ -15,15 +15,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy import headers as h
 from proxy import inspect as ins
-from proxy.config import Config, RouteConfig, TestResponse
-from proxy.metrics import status_class
-from proxy.pointer import MISSING
+from proxy.config.model import Config, RouteConfig, TestResponse
+from proxy.observe.metrics import status_class
 from proxy.rules import Verdict
 from proxy.ruletests import Simulation, simulate
 from proxy.ruletrace import RuleTrace, trace_rules
 from proxy.runtime import Route, build
+from proxy.wire import headers as h
+from proxy.wire.pointer import MISSING
 
 # -- the whole response ----------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import orjson
 
-from proxy import headers as h
 from proxy.explain import Explanation, header_diff, metric_samples, retry_after
-from proxy.pointer import MISSING
 from proxy.ruletrace import ConditionTrace, RuleTrace, clip, show
+from proxy.wire import headers as h
+from proxy.wire.pointer import MISSING
 
 _PROBLEM_LIMIT = 2000  # a problem body embeds the upstream's JSON, which may be large
 

@@ -15,16 +15,14 @@ from collections.abc import Callable
 from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
-from proxy import headers as h
 from proxy import inspect as ins
 from proxy import respond
 from proxy import websocket as ws
 from proxy.attempt import Outcome, Plan, release
 from proxy.client import Pool
 from proxy.connection import Response
-from proxy.logs import Log
-from proxy.metrics import UNMATCHED_ROUTE, Metrics
-from proxy.problem import trace_context
+from proxy.observe.logs import Log
+from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
 from proxy.rewrite import Delivery, apply_verdict
 from proxy.runtime import Route, Runtime
@@ -42,6 +40,8 @@ from proxy.upstream import (
     send,
     target_url,
 )
+from proxy.wire import headers as h
+from proxy.wire.trace import trace_context
 
 _PID = os.getpid()  # which worker served it (with --workers N)
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer

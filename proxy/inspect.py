@@ -16,7 +16,7 @@ import brotli
 import orjson
 import zstandard
 
-from proxy.config import InspectConfig
+from proxy.config.model import InspectConfig
 from proxy.rules import Verdict
 
 # inspections_total{result} values (SPEC section 8)

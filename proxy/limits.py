@@ -12,7 +12,7 @@ import email.utils
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from proxy.problem import CONTENT_TYPE, problem_body, title
+from proxy.wire.problem import CONTENT_TYPE, problem_body, title
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-from proxy.config import Listen
+from proxy.config.model import Listen
 
 _ACCEPT_RETRY_DELAY = 1.0  # out of file descriptors: try accepting again after this (as asyncio)
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

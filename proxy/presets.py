@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Protocol
 
-PRESET_NAMES: tuple[str, ...] = ("slack", "graphql", "jsonrpc", "error-envelope")
+from proxy.config.model import PRESET_NAMES
 
 GRAPHQL_RESPONSE_JSON: Final = "application/graphql-response+json"
 """The GraphQL-over-HTTP media type; only replies of this type are rewritten."""

@@ -12,7 +12,8 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from proxy.config import Config, ConfigError
+from proxy.config.errors import ConfigError
+from proxy.config.model import Config
 from proxy.ruletests import failure_report
 
 Loader = Callable[[], Config]

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.config import BreakerPolicy, RetryPolicy, UpstreamConfig
+from proxy.config.model import BreakerPolicy, RetryPolicy, UpstreamConfig
 
 Clock = Callable[[], float]
 

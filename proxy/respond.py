@@ -12,11 +12,11 @@ import contextlib
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
-from proxy import headers as h
 from proxy.connection import Response
-from proxy.problem import CONTENT_TYPE, problem_body
 from proxy.rewrite import Delivery, with_retry_after
 from proxy.upstream import Failure, UpstreamFailure, iter_body
+from proxy.wire import headers as h
+from proxy.wire.problem import CONTENT_TYPE, problem_body
 
 
 def start(

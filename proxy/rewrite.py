@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy import headers as h
-from proxy.problem import CONTENT_TYPE, problem_body
 from proxy.rules import Verdict
+from proxy.wire import headers as h
+from proxy.wire.problem import CONTENT_TYPE, problem_body
 
 # Validators and digests of the original representation are false once the status
 # (or body) changes, and a cache must not store the failure (RFC 9111 5.2.2.5).

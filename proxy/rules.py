@@ -14,9 +14,18 @@ from dataclasses import dataclass
 
 import re2
 
-from proxy.config import AllOf, AnyOf, Condition, Not, RuleConfig, StatusSpec, When
-from proxy.pointer import MISSING, Pointer, compile_pointer
-from proxy.presets import PRESET_NAMES, Preset, build_preset
+from proxy.config.model import (
+    PRESET_NAMES,
+    AllOf,
+    AnyOf,
+    Condition,
+    Not,
+    RuleConfig,
+    StatusSpec,
+    When,
+)
+from proxy.presets import Preset, build_preset
+from proxy.wire.pointer import MISSING, Pointer, compile_pointer
 
 Predicate = Callable[[object], bool]
 

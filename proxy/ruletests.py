@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy import headers as h
 from proxy import inspect as ins
-from proxy.config import Config, RuleTest, TestResponse
-from proxy.problem import new_trace_id
+from proxy.config.model import Config, RuleTest, TestResponse
 from proxy.rewrite import apply_verdict, with_retry_after
 from proxy.rules import RuleSet, compile_ruleset
 from proxy.runtime import Runtime, build
+from proxy.wire import headers as h
+from proxy.wire.trace import new_trace_id
 
 
 @dataclass(frozen=True, slots=True)

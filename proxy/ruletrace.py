@@ -14,8 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.config import AllOf, AnyOf, Not, When
-from proxy.pointer import MISSING, compile_pointer
+from proxy.config.model import AllOf, AnyOf, Not, When
 from proxy.presets import (
     ENVELOPE_STATUSES,
     FALLBACK_STATUS,
@@ -31,6 +30,7 @@ from proxy.presets import (
     envelope_message,
 )
 from proxy.rules import PresetRule, Rule, UserRule, compile_condition, json_number, text_form
+from proxy.wire.pointer import MISSING, compile_pointer
 
 # -- showing body values ---------------------------------------------------------------------
 

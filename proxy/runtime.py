@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from proxy.client import authority
-from proxy.config import Config, RouteConfig, UpstreamConfig
+from proxy.config.model import Config, RouteConfig, UpstreamConfig
 from proxy.inspect import InspectPolicy
 from proxy.rules import RuleSet, compile_ruleset
+from proxy.wire.headers import authority
 
 
 @dataclass(frozen=True, slots=True)

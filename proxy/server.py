@@ -26,13 +26,13 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy import limits as lim
 from proxy import respond
-from proxy.config import ServerLimits
+from proxy.config.model import ServerLimits
 from proxy.limits import Refusal
 from proxy.listener import ConnectionGate
-from proxy.logs import Log
-from proxy.metrics import UNMATCHED_ROUTE, Metrics
-from proxy.problem import new_trace_id, trace_context
-from proxy.timers import Deadline
+from proxy.observe.logs import Log
+from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
+from proxy.wire.deadline import Deadline
+from proxy.wire.trace import new_trace_id, trace_context
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 

@@ -22,9 +22,9 @@ from yarl import URL
 
 from proxy import connection
 from proxy.client import Pool
-from proxy.config import UpstreamConfig
+from proxy.config.model import UpstreamConfig
 from proxy.connection import Response
-from proxy.headers import Headers
+from proxy.wire.headers import Headers
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 

@@ -22,9 +22,9 @@ import aiohttp
 from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, hdrs, web
 from yarl import URL
 
-from proxy import headers as h
-from proxy.config import UpstreamConfig
+from proxy.config.model import UpstreamConfig
 from proxy.upstream import PROTOCOL_ERROR, UpstreamFailure, classify
+from proxy.wire import headers as h
 
 # The largest message relayed, per direction.  aiohttp reassembles a fragmented message
 # in memory before handing it on, so this bounds the memory one tunnel can hold; a peer

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy.config import Config, Listen
-from proxy.logs import Log
+from proxy.config.model import Config, Listen
+from proxy.observe.logs import Log
 from proxy.reload import Loader, carry_over, try_load, watch
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -199,7 +199,7 @@ class Master:
 
         from proxy.admin import build_admin
         from proxy.app import url_of
-        from proxy.metrics import Metrics
+        from proxy.observe.metrics import Metrics
 
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -21,10 +21,10 @@ from aiohttp import web
 
 from proxy.app import TunnelGuard
 from proxy.client import Pool, endpoint
-from proxy.config import parse_text
+from proxy.config.load import parse_text
 from proxy.connection import Connection
-from proxy.logs import Log
-from proxy.metrics import Metrics
+from proxy.observe.logs import Log
+from proxy.observe.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

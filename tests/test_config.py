@@ -14,26 +14,23 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import (
+from proxy.config.errors import ConfigError, Problem
+from proxy.config.load import load_default, load_file, parse_text
+from proxy.config.model import (
     AllOf,
     BreakerPolicy,
     Condition,
     Config,
-    ConfigError,
     DrainConfig,
     InspectConfig,
     Listen,
     Not,
-    Problem,
     RetryPolicy,
     RouteMatch,
     ServerLimits,
     StatusRange,
     StatusSpec,
     Timeouts,
-    load_default,
-    load_file,
-    parse_text,
 )
 from proxy.ruletests import run_tests
 

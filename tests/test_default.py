@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.config import DEFAULT_CONFIG_PATH, load_default
+from proxy.config.load import DEFAULT_CONFIG_PATH, load_default
 from proxy.ruletests import simulate
 from proxy.runtime import build
 
@@ -16,7 +16,7 @@ ROUTE = RUNTIME.routes[0]
 
 
 def _deliver(body: object, content_type: str = "application/json") -> tuple[int, str | None]:
-    from proxy.config import TestResponse
+    from proxy.config.model import TestResponse
 
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     sim = simulate(ROUTE.rules, RUNTIME, TestResponse(200, (("content-type", content_type),), raw))

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import Config, parse_text
+from proxy.config.load import parse_text
+from proxy.config.model import Config
 from proxy.ruletests import failure_report
 
 from .conftest import ROOT

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from proxy.config import ConfigError, Problem, parse_text
-from proxy.configparse import parse_document
-from proxy.metrics import Metrics
+from proxy.config.errors import ConfigError, Problem
+from proxy.config.load import parse_text
+from proxy.config.parse import parse_document
+from proxy.config.yamlsrc import Source, YamlError, load
+from proxy.observe.metrics import Metrics
 from proxy.ruletests import run_tests
-from proxy.yamlsrc import Source, YamlError, load
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [p for p in (ROOT / "README.md",) if p.exists()] + sorted((ROOT / "docs").glob("*.md"))

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from proxy import ruletests
-from proxy.config import Config, ConfigError, load_file
+from proxy.config.errors import ConfigError
+from proxy.config.load import load_file
+from proxy.config.model import Config
 from proxy.ruletests import run_tests
 
 ROOT = Path(__file__).resolve().parent.parent

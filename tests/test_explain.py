@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import load_file
+from proxy.config.load import load_file
 
 from .conftest import ROOT
 

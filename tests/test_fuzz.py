@@ -77,8 +77,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import Config, ConfigError, parse_text
-from proxy.presets import PRESET_NAMES, classify
+from proxy.config.errors import ConfigError
+from proxy.config.load import parse_text
+from proxy.config.model import PRESET_NAMES, Config
+from proxy.presets import classify
 from proxy.rules import RuleSet, Verdict, compile_ruleset
 from proxy.ruletests import run_tests
 from proxy.runtime import build

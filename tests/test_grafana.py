@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.metrics import Metrics
+from proxy.observe.metrics import Metrics
 
 from . import promstack
 from .conftest import ROOT, UpstreamFactory, closed_port

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy import headers as h
-from proxy.headers import Headers
+from proxy.wire import headers as h
+from proxy.wire.headers import Headers
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 FORWARDED: Headers = [

@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from proxy import inspect as ins
-from proxy.config import InspectConfig
+from proxy.config.model import InspectConfig
 from proxy.inspect import Examined, InspectPolicy, Undecodable
 from proxy.rules import Verdict, compile_ruleset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from proxy.logs import Log
+from proxy.observe.logs import Log
 
 
 def test_json_lines() -> None:
@@ -111,7 +111,7 @@ async def test_a_line_is_stamped_when_logged_not_when_written() -> None:
 
 
 async def test_a_full_buffer_is_written_at_once() -> None:
-    from proxy.logs import FLUSH_LINES
+    from proxy.observe.logs import FLUSH_LINES
 
     out = io.StringIO()
     log = Log("json", stream=out)

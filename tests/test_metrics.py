@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from proxy.metrics import LATENCY_BUCKETS, Metrics
+from proxy.observe.metrics import LATENCY_BUCKETS, Metrics
 
 # every bucket: on a bound, between bounds, zero, beyond the last finite bound
 SECONDS = [0.0, 0.001, 0.0011, 0.0025, 0.004, 0.01, 0.3, 1.0, 2.5, 29.0, 60.0, 61.0, 1e6]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.pointer import MISSING, PointerError, compile_pointer
+from proxy.wire.pointer import MISSING, PointerError, compile_pointer
 
 # The example document of RFC 6901 section 5.
 RFC_DOC: dict[str, object] = {

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.pointer import compile_pointer
+from proxy.config.model import PRESET_NAMES
 from proxy.presets import (
     ENVELOPE_STATUSES,
     FALLBACK_STATUS,
@@ -22,7 +22,6 @@ from proxy.presets import (
     JSONRPC_SERVER_ERROR_MAX,
     JSONRPC_SERVER_ERROR_MIN,
     JSONRPC_STATUS,
-    PRESET_NAMES,
     SLACK_STATUS,
     Hit,
     Preset,
@@ -31,6 +30,7 @@ from proxy.presets import (
     classify_row,
     envelope_message,
 )
+from proxy.wire.pointer import compile_pointer
 
 GQL = "application/graphql-response+json"
 JSON = "application/json"

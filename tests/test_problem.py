@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from proxy.problem import CONTENT_TYPE, new_trace_id, problem_body, title, trace_context
+from proxy.wire.problem import CONTENT_TYPE, problem_body, title
+from proxy.wire.trace import new_trace_id, trace_context
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"

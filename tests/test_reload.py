@@ -150,7 +150,7 @@ async def test_in_flight_requests_finish_on_their_config(
 
 
 def test_try_load_and_carry_over(tmp_path: Path) -> None:
-    from proxy.config import load_file
+    from proxy.config.load import load_file
 
     good = tmp_path / "g.yaml"
     good.write_text(config_text("http://127.0.0.1:1"))

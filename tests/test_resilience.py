@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from proxy.config import BreakerPolicy, RetryPolicy, UpstreamConfig
+from proxy.config.model import BreakerPolicy, RetryPolicy, UpstreamConfig
 from proxy.resilience import (
     BUDGET_FLOOR,
     BUDGET_WINDOW,

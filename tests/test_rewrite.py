@@ -7,9 +7,9 @@ import json
 import orjson
 import pytest
 
-from proxy.headers import Headers
 from proxy.rewrite import Delivery, apply_verdict, proxy_status
 from proxy.rules import Verdict
+from proxy.wire.headers import Headers
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_JSON = b'{"ok": false, "error": "ratelimited"}'

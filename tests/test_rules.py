@@ -12,7 +12,8 @@ import textwrap
 import orjson
 import pytest
 
-from proxy.config import RuleConfig, parse_text
+from proxy.config.load import parse_text
+from proxy.config.model import RuleConfig
 from proxy.rules import RuleSet, Verdict, compile_ruleset, json_equal, text_form
 
 JSON = "application/json"

@@ -9,12 +9,13 @@ import random
 
 import pytest
 
-from proxy.config import Config, load_file, parse_text
-from proxy.pointer import MISSING, compile_pointer
+from proxy.config.load import load_file, parse_text
+from proxy.config.model import Config
 from proxy.presets import ErrorEnvelopePreset, classify_row
 from proxy.rules import PresetRule, RuleSet, UserRule, compile_when
 from proxy.ruletrace import clip, explain_rule, show, trace_rules, trace_status, trace_when
 from proxy.runtime import build
+from proxy.wire.pointer import MISSING, compile_pointer
 
 from .conftest import ROOT
 

@@ -28,11 +28,23 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from proxy import config, configparse, configwalk, ruleparse
-from proxy.config import ConfigError, parse_text
-from proxy.configparse import parse_document
-from proxy.presets import PRESET_NAMES
-from proxy.yamlsrc import Source, load
+from proxy.config import (
+    model as config,
+)
+from proxy.config import (
+    parse as configparse,
+)
+from proxy.config import (
+    parse_rules as ruleparse,
+)
+from proxy.config import (
+    walker as configwalk,
+)
+from proxy.config.errors import ConfigError
+from proxy.config.load import parse_text
+from proxy.config.model import PRESET_NAMES
+from proxy.config.parse import parse_document
+from proxy.config.yamlsrc import Source, load
 
 ROOT = Path(__file__).resolve().parent.parent
 PARSERS = (configparse, ruleparse)  # the modules whose `.mapping(...)` calls read the document
@@ -808,7 +820,7 @@ def test_examples_point_editors_at_the_schema() -> None:
 def test_default_config_points_editors_at_the_schema() -> None:
     default = ROOT / "config" / "default.yaml"
     target = _modeline_target(default)
-    # proxy/default.yaml is a symlink to it, and editors resolve the path from the file they
+    # proxy/default.yaml is a copy of it, and editors resolve the path from the file they
     # opened: `../config/schema.json` works from both directories.
     for directory in {default.parent, (ROOT / "proxy" / "default.yaml").parent}:
         assert _points_at_schema(directory, target), f"{target} from {_rel(directory)}/"

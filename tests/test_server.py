@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 
 from proxy import limits as lim
-from proxy.config import Listen, parse_text
+from proxy.config.load import parse_text
+from proxy.config.model import Listen
 
 from .conftest import Upstream, UpstreamFactory, run_tunnelguard, stop_processes
 

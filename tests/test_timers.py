@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.timers import Deadline, FlushLater
+from proxy.observe.batching import FlushLater
+from proxy.wire.deadline import Deadline
 
 
 async def _watch(moves: list[tuple[float, float | None]], wait: float) -> list[float]:

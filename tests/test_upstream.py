@@ -601,7 +601,7 @@ async def test_upstream_429_without_retry_after_gets_one(
 
 async def test_config_yaml_helper_is_valid() -> None:
     # guards the helpers above: a typo there would turn every test into a config error
-    from proxy.config import parse_text
+    from proxy.config.load import parse_text
 
     parse_text(upstream_yaml("http://127.0.0.1:1", RETRY_ALL), "t.yaml")
     parse_text(config_yaml("http://127.0.0.1:1"), "t.yaml")

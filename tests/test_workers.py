@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.config import Listen
+from proxy.config.model import Listen
 from proxy.workers import ProxyPort, reuse_port_spreads
 
 from .conftest import (

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from proxy.yamlsrc import Mark, YamlError, load, resolve_plain
+from proxy.config.yamlsrc import Mark, YamlError, load, resolve_plain
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import orjson
 import re2
 
-from proxy.config import (
+from proxy.config.model import (
     ACTIONS,
     BODIES,
+    PRESET_NAMES,
     AllOf,
     AnyOf,
     Condition,
@@ -20,9 +21,8 @@ from proxy.config import (
     TestResponse,
     When,
 )
-from proxy.configwalk import BAD, Walker, describe
-from proxy.presets import PRESET_NAMES
-from proxy.yamlsrc import Path
+from proxy.config.walker import BAD, Walker, describe
+from proxy.config.yamlsrc import Path
 
 # RE2 is linear in the input, but its fast engine gives up on large programs and the
 # fallback costs program size x input: `(?s).{0,1000}z` (size 8005) took ~10 s on 1 MiB of

@@ -13,9 +13,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from proxy.config import Listen, Problem
-from proxy.pointer import PointerError, compile_pointer
-from proxy.yamlsrc import Path, Source
+from proxy.config.errors import Problem
+from proxy.config.model import Listen
+from proxy.config.yamlsrc import Path, Source
+from proxy.wire.pointer import PointerError, compile_pointer
 
 T = TypeVar("T")
 BAD: Any = object()  # a value that failed to parse; the caller falls back to the default

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
+from yarl import URL
+
 Headers = list[tuple[str, str]]
 _T = TypeVar("_T")
 
@@ -242,3 +244,14 @@ def get(headers: Iterable[tuple[str, str]], name: str) -> str | None:
 
 def without(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> Headers:
     return [(k, v) for k, v in headers if k.lower() not in names]
+
+
+def authority(url: URL) -> str:
+    """`host[:port]` as a Host header names it (RFC 9110 7.2): IPv6 in brackets, the
+    scheme's default port left out."""
+    text = url.raw_host or ""
+    if ":" in text:
+        text = f"[{text}]"
+    if url.port is not None and url.port != {"http": 80, "https": 443}.get(url.scheme):
+        text += f":{url.port}"
+    return text

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from proxy import __version__
-from proxy.timers import FlushLater
+from proxy.observe.batching import FlushLater
 
 PREFIX = "tunnelguard_"
 METHODS = frozenset(

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import orjson
 
-from proxy.timers import FlushLater
+from proxy.observe.batching import FlushLater
 
 FLUSH_DELAY = 0.1  # seconds an access line may wait in the buffer
 FLUSH_LINES = 128  # access lines waiting that make a flush happen at once (bounds memory)

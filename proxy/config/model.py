@@ -1,49 +1,18 @@
-"""Configuration: YAML (`version: 1`) parsed once, strictly, into frozen dataclasses.
+"""The config's data shapes: frozen dataclasses that a loaded config is made of.
 
-Every problem found is collected (not just the first) and reported as
-`FILE:LINE:COL: yaml.path: message`.  The data shapes live here; the checks that
-walk a document live in `configparse`.
+`load` reads YAML into them (through `parse`, which checks every value); nothing here
+parses or validates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from proxy.yamlsrc import Source, YamlError, load
-
-DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
 
 RETRY_REASONS = ("connect_error", "timeout", "429", "502", "503", "504")
+# the built-in presets of SPEC 4.4, by the names users write (rules/presets implements them)
+PRESET_NAMES: tuple[str, ...] = ("slack", "graphql", "jsonrpc", "error-envelope")
 ACTIONS = ("rewrite", "flag")
 BODIES = ("keep", "problem")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a config file, with its position when known."""
-
-    file: str
-    line: int | None
-    col: int | None
-    path: str
-    message: str
-
-    def render(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f":{self.line}:{self.col}"
-        line = f"{where}: {self.path or '(document)'}: {self.message}"
-        # one problem, one line: a key or value holding a line break cannot fake another
-        return line.replace("\r", "\\r").replace("\n", "\\n")
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; `problems` lists every error found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(p.render() for p in problems))
-        self.problems = tuple(problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,34 +208,3 @@ class Config:
 
     def __post_init__(self) -> None:
         self.upstream_by_name.update({u.name: u for u in self.upstreams})
-
-
-def parse_text(text: str, file: str = "<config>", upstream_url: str | None = None) -> Config:
-    """Parse a YAML document; raise ConfigError listing every problem."""
-    from proxy.configparse import parse_document, render_path
-
-    try:
-        source: Source = load(text, file)
-    except YamlError as exc:
-        line = exc.mark.line if exc.mark else None
-        col = exc.mark.col if exc.mark else None
-        problem = Problem(file, line, col, render_path(exc.path), exc.message)
-        raise ConfigError([problem]) from None
-    return parse_document(source, upstream_url)
-
-
-def load_file(path: str | Path, upstream_url: str | None = None) -> Config:
-    """Read and parse a config file; unreadable files are ConfigErrors too."""
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([Problem(name, None, None, "", f"cannot read file: {reason}")]) from None
-    return parse_text(text, name, upstream_url)
-
-
-def load_default(upstream_url: str) -> Config:
-    """The embedded default (SPEC section 3) in front of `upstream_url`."""
-    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
-    return parse_text(text, "default.yaml", upstream_url)

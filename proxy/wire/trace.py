@@ -1,14 +1,10 @@
-"""RFC 9457 problem details: the one body shape of every response tunnelguard generates."""
+"""W3C Trace Context: the trace id every log line and problem body carries (SPEC 6.2),
+and the `traceparent` forwarded upstream so logs on both sides join."""
 
 from __future__ import annotations
 
 import random
 import re
-from http import HTTPStatus
-
-import orjson
-
-CONTENT_TYPE = "application/problem+json"
 
 # version-traceid-parentid-flags; a later version may append "-..." fields (W3C Trace
 # Context, "Versioning of traceparent": read what version 00 defines, keep the header)
@@ -42,41 +38,3 @@ def trace_context(traceparent: str | None) -> tuple[str, str]:
             return m.group(2), value
     trace_id = new_trace_id()
     return trace_id, f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-00"
-
-
-def title(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def problem_body(
-    status: int,
-    error: str,
-    detail: str,
-    trace_id: str,
-    *,
-    retryable: bool,
-    extra: dict[str, object] | None = None,
-    upstream_json: bytes | None = None,
-) -> bytes:
-    """Serialize a problem document.  `upstream_json` (already valid JSON text) is
-    spliced in under "upstream" without re-encoding it, so no depth or size limit of
-    the encoder can make this fail."""
-    doc: dict[str, object] = {
-        "type": "about:blank",
-        "title": title(status),
-        "status": status,
-        "detail": detail,
-        "error": error,
-        "traceId": trace_id,
-        "retryable": retryable,
-    }
-    if extra:
-        doc.update(extra)
-    body = orjson.dumps(doc)
-    upstream = upstream_json.strip() if upstream_json is not None else b""
-    if not upstream:  # nothing to splice: `"upstream":}` would not be JSON
-        return body
-    return body[:-1] + b',"upstream":' + upstream + b"}"

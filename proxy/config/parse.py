@@ -13,12 +13,13 @@ import re
 
 from yarl import URL
 
-from proxy.config import (
+from proxy.config.errors import ConfigError
+from proxy.config.model import (
     ACTIONS,
+    PRESET_NAMES,
     RETRY_REASONS,
     BreakerPolicy,
     Config,
-    ConfigError,
     DrainConfig,
     InspectConfig,
     RetryPolicy,
@@ -28,12 +29,11 @@ from proxy.config import (
     Timeouts,
     UpstreamConfig,
 )
-from proxy.configwalk import BAD, Walker, describe, render_path
-from proxy.presets import PRESET_NAMES
-from proxy.ruleparse import parse_rules, parse_tests
-from proxy.yamlsrc import Path, Source
+from proxy.config.parse_rules import parse_rules, parse_tests
+from proxy.config.walker import BAD, Walker, describe
+from proxy.config.yamlsrc import Path, Source
 
-__all__ = ["parse_document", "render_path"]
+__all__ = ["parse_document"]
 
 _STATUS_RANGE = re.compile(r"^([1-5][0-9][0-9])\s*-\s*([1-5][0-9][0-9])$")
 _INTEGER = re.compile(r"[-+]?[0-9]{1,19}")
