@@ -140,7 +140,7 @@ def _report(errors: ConfigError) -> None:
 
 
 def _failing_tests(config: Config) -> list[str]:
-    from proxy.ruletests import failure_report
+    from proxy.rules.ruletests import failure_report
 
     return failure_report(config)
 

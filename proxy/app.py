@@ -20,7 +20,7 @@ from proxy.listener import ListenSite
 from proxy.observe.logs import Log
 from proxy.observe.metrics import FLUSH_DELAY, Metrics
 from proxy.reload import Loader, carry_over, try_load, watch
-from proxy.runtime import Runtime, build
+from proxy.rules.snapshot import Runtime, build
 from proxy.server import Accounting, GuardedServer
 from proxy.upstream import new_session
 

@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from proxy.connection import Response
-from proxy.rewrite import Delivery
-from proxy.rules import Verdict
+from proxy.rules.verdict import Delivery, Verdict
 from proxy.upstream import Failure
 from proxy.wire import headers as h
 

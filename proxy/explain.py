@@ -15,13 +15,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy import inspect as ins
 from proxy.config.model import Config, RouteConfig, TestResponse
 from proxy.observe.metrics import status_class
-from proxy.rules import Verdict
-from proxy.ruletests import Simulation, simulate
+from proxy.rules import inspection as ins
+from proxy.rules.ruletests import Simulation, simulate
+from proxy.rules.snapshot import Route, build
+from proxy.rules.verdict import Verdict
 from proxy.ruletrace import RuleTrace, trace_rules
-from proxy.runtime import Route, build
 from proxy.wire import headers as h
 from proxy.wire.pointer import MISSING
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
-from proxy import inspect as ins
 from proxy import respond
 from proxy import websocket as ws
 from proxy.attempt import Outcome, Plan, release
@@ -24,8 +23,9 @@ from proxy.connection import Response
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
-from proxy.rewrite import Delivery, apply_verdict
-from proxy.runtime import Route, Runtime
+from proxy.rules import inspection as ins
+from proxy.rules.snapshot import Route, Runtime
+from proxy.rules.verdict import Delivery, apply_verdict
 from proxy.server import refused_status
 from proxy.upstream import (
     FAILURE_KINDS,

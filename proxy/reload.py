@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from proxy.config.errors import ConfigError
 from proxy.config.model import Config
-from proxy.ruletests import failure_report
+from proxy.rules.ruletests import failure_report
 
 Loader = Callable[[], Config]
 WATCH_INTERVAL = 1.0  # seconds between looks at the file: cheap, and no inotify needed

@@ -13,7 +13,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
 from proxy.connection import Response
-from proxy.rewrite import Delivery, with_retry_after
+from proxy.rules.verdict import Delivery, with_retry_after
 from proxy.upstream import Failure, UpstreamFailure, iter_body
 from proxy.wire import headers as h
 from proxy.wire.problem import CONTENT_TYPE, problem_body

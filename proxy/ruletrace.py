@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.config.model import AllOf, AnyOf, Not, When
-from proxy.presets import (
+from proxy.rules.presets import (
     ENVELOPE_STATUSES,
     FALLBACK_STATUS,
     GRAPHQL_RESPONSE_JSON,
@@ -26,10 +26,17 @@ from proxy.presets import (
     SLACK_STATUS,
     JsonRpcPreset,
     KeywordHit,
-    classify_row,
     envelope_message,
+    keyword_row,
 )
-from proxy.rules import PresetRule, Rule, UserRule, compile_condition, json_number, text_form
+from proxy.rules.ruleset import (
+    PresetRule,
+    Rule,
+    UserRule,
+    compile_condition,
+    json_number,
+    text_form,
+)
 from proxy.wire.pointer import MISSING, compile_pointer
 
 # -- showing body values ---------------------------------------------------------------------
@@ -275,7 +282,7 @@ def _jsonrpc(doc: object, codes: dict[int, int]) -> _Found:
         return _Found(f"route override for code {code}", facts, codes[code], "override")
     if code in JSONRPC_STATUS:
         return _Found(f"standard code {code}", facts, JSONRPC_STATUS[code], "table")
-    keyword = classify_row(raw) if isinstance(raw, str) else None
+    keyword = keyword_row(raw) if isinstance(raw, str) else None
     if keyword is not None:
         why = f"code {code} is not standard; /error/message classified by keyword"
         return _Found(why, facts, keyword.status, "keyword", keyword=keyword)
@@ -309,7 +316,7 @@ def _envelope(doc: object) -> _Found:
     facts += [Fact("message", message if message is not None else MISSING)]
     facts += [Fact("message from", source if source is not None else MISSING)]
     why = " and ".join(triggers)
-    keyword = classify_row(message) if message is not None else None
+    keyword = keyword_row(message) if message is not None else None
     if keyword is not None:
         return _Found(
             f"{why}; message classified by keyword",

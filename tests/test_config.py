@@ -32,7 +32,7 @@ from proxy.config.model import (
     StatusSpec,
     Timeouts,
 )
-from proxy.ruletests import run_tests
+from proxy.rules.ruletests import run_tests
 
 REPO = Path(__file__).resolve().parent.parent
 FILE = "t.yaml"

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from proxy.config.load import DEFAULT_CONFIG_PATH, load_default
-from proxy.ruletests import simulate
-from proxy.runtime import build
+from proxy.rules.ruletests import simulate
+from proxy.rules.snapshot import build
 
 from .conftest import ROOT
 

@@ -34,7 +34,7 @@ import yaml
 
 from proxy.config.load import parse_text
 from proxy.config.model import Config
-from proxy.ruletests import failure_report
+from proxy.rules.ruletests import failure_report
 
 from .conftest import ROOT
 from .promstack import binary, spawn_tunnelguard

@@ -26,7 +26,7 @@ from proxy.config.load import parse_text
 from proxy.config.parse import parse_document
 from proxy.config.yamlsrc import Source, YamlError, load
 from proxy.observe.metrics import Metrics
-from proxy.ruletests import run_tests
+from proxy.rules.ruletests import run_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [p for p in (ROOT / "README.md",) if p.exists()] + sorted((ROOT / "docs").glob("*.md"))

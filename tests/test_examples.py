@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy import ruletests
 from proxy.config.errors import ConfigError
 from proxy.config.load import load_file
 from proxy.config.model import Config
-from proxy.ruletests import run_tests
+from proxy.rules import ruletests
+from proxy.rules.ruletests import run_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "config" / "examples"

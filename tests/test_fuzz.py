@@ -80,10 +80,11 @@ from hypothesis import strategies as st
 from proxy.config.errors import ConfigError
 from proxy.config.load import parse_text
 from proxy.config.model import PRESET_NAMES, Config
-from proxy.presets import classify
-from proxy.rules import RuleSet, Verdict, compile_ruleset
-from proxy.ruletests import run_tests
-from proxy.runtime import build
+from proxy.rules.presets import keyword_status
+from proxy.rules.ruleset import RuleSet, compile_ruleset
+from proxy.rules.ruletests import run_tests
+from proxy.rules.snapshot import build
+from proxy.rules.verdict import Verdict
 
 from .conftest import run_tunnelguard
 
@@ -1621,7 +1622,7 @@ def keyword_messages(draw: st.DrawFn) -> str:
 @examples(500)
 @given(message=keyword_messages() | st.text(max_size=30))
 def test_keyword_classifier_agrees_with_the_spec_table(message: str) -> None:
-    assert classify(message) == spec_classify(message), message
+    assert keyword_status(message) == spec_classify(message), message
 
 
 @examples(300)

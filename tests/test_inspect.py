@@ -18,10 +18,11 @@ import orjson
 import pytest
 import zstandard
 
-from proxy import inspect as ins
 from proxy.config.model import InspectConfig
-from proxy.inspect import Examined, InspectPolicy, Undecodable
-from proxy.rules import Verdict, compile_ruleset
+from proxy.rules import inspection as ins
+from proxy.rules.inspection import Examined, InspectPolicy, Undecodable
+from proxy.rules.ruleset import compile_ruleset
+from proxy.rules.verdict import Verdict
 
 MiB = 1 << 20
 CAP = 4 * MiB

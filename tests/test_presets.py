@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from proxy.config.model import PRESET_NAMES
-from proxy.presets import (
+from proxy.rules.presets import (
     ENVELOPE_STATUSES,
     FALLBACK_STATUS,
     GRAPHQL_STATUS,
@@ -26,9 +26,9 @@ from proxy.presets import (
     Hit,
     Preset,
     build_preset,
-    classify,
-    classify_row,
     envelope_message,
+    keyword_row,
+    keyword_status,
 )
 from proxy.wire.pointer import compile_pointer
 
@@ -100,7 +100,7 @@ CLASSIFIER_ROWS = [
 
 @pytest.mark.parametrize(("message", "expected"), CLASSIFIER_ROWS)
 def test_classifier_rows(message: str, expected: int | None) -> None:
-    assert classify(message) == expected
+    assert keyword_status(message) == expected
 
 
 CLASSIFIER_ORDER = [
@@ -136,7 +136,7 @@ CLASSIFIER_ORDER = [
 
 @pytest.mark.parametrize(("message", "expected"), CLASSIFIER_ORDER)
 def test_classifier_row_order(message: str, expected: int | None) -> None:
-    assert classify(message) == expected
+    assert keyword_status(message) == expected
 
 
 # --- slack --------------------------------------------------------------------------------
@@ -996,8 +996,8 @@ def _words(message: str) -> str:
     [m for m, _ in CLASSIFIER_ROWS + CLASSIFIER_ORDER] + ["", "RATE_LIMITED", "all good"],
 )
 def test_classify_row_agrees_with_classify(message: str) -> None:
-    hit = classify_row(message)
-    assert (None if hit is None else hit.status) == classify(message)
+    hit = keyword_row(message)
+    assert (None if hit is None else hit.status) == keyword_status(message)
     if hit is not None:
         assert hit.keyword in hit.row and hit.keyword in _words(message)
 

@@ -7,8 +7,7 @@ import json
 import orjson
 import pytest
 
-from proxy.rewrite import Delivery, apply_verdict, proxy_status
-from proxy.rules import Verdict
+from proxy.rules.verdict import Delivery, Verdict, apply_verdict, proxy_status
 from proxy.wire.headers import Headers
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -14,7 +14,8 @@ import pytest
 
 from proxy.config.load import parse_text
 from proxy.config.model import RuleConfig
-from proxy.rules import RuleSet, Verdict, compile_ruleset, json_equal, text_form
+from proxy.rules.ruleset import RuleSet, compile_ruleset, json_equal, text_form
+from proxy.rules.verdict import Verdict
 
 JSON = "application/json"
 GQL = "application/graphql-response+json"

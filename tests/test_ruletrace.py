@@ -11,10 +11,10 @@ import pytest
 
 from proxy.config.load import load_file, parse_text
 from proxy.config.model import Config
-from proxy.presets import ErrorEnvelopePreset, classify_row
-from proxy.rules import PresetRule, RuleSet, UserRule, compile_when
+from proxy.rules.presets import ErrorEnvelopePreset, keyword_row
+from proxy.rules.ruleset import PresetRule, RuleSet, UserRule, compile_when
+from proxy.rules.snapshot import build
 from proxy.ruletrace import clip, explain_rule, show, trace_rules, trace_status, trace_when
-from proxy.runtime import build
 from proxy.wire.pointer import MISSING, compile_pointer
 
 from .conftest import ROOT
@@ -217,7 +217,7 @@ def test_envelope_trace_reports_the_presets_message() -> None:
         assert facts["message"] == hit.message, body
         assert isinstance(source, str) and compile_pointer(source).first(body) == hit.message
         if trace.step == "keyword":
-            assert trace.keyword == classify_row(hit.message), body
+            assert trace.keyword == keyword_row(hit.message), body
     assert found >= 10, "the table should exercise envelope messages"
 
 

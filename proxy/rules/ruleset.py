@@ -24,26 +24,14 @@ from proxy.config.model import (
     StatusSpec,
     When,
 )
-from proxy.presets import Preset, build_preset
+from proxy.rules.presets import Preset, build_preset
+from proxy.rules.verdict import Verdict
 from proxy.wire.pointer import MISSING, Pointer, compile_pointer
 
 Predicate = Callable[[object], bool]
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What a matching rule decided about one upstream response."""
-
-    rule: str
-    status: int  # the honest (mapped) status
-    action: str  # rewrite | flag
-    body: str = "keep"  # keep | problem
-    retry_after: int | None = None  # seconds, from `retry_after_from`
-    message: str | None = None  # the error text found, for problem bodies and logs
-    partial_batch: bool = False  # some, not all, elements of a top-level array matched
 
 
 # -- JSON value semantics ----------------------------------------------------------------------

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy import inspect as ins
 from proxy.config.model import Config, RuleTest, TestResponse
-from proxy.rewrite import apply_verdict, with_retry_after
-from proxy.rules import RuleSet, compile_ruleset
-from proxy.runtime import Runtime, build
+from proxy.rules import inspection as ins
+from proxy.rules.ruleset import RuleSet, compile_ruleset
+from proxy.rules.snapshot import Runtime, build
+from proxy.rules.verdict import apply_verdict, with_retry_after
 from proxy.wire import headers as h
 from proxy.wire.trace import new_trace_id
 

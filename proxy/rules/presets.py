@@ -6,7 +6,7 @@ the caller (SPEC 4.1), so a preset handed anything but an object finds nothing.
 
 Every table is built at import or at `build_preset` time; `evaluate` only does lookups, and
 never raises on any JSON value: a value of the wrong type is treated as absent.  The status
-tables (read-only), `classify_row` and `envelope_message` are public for `ruletrace`, which
+tables (read-only), `keyword_row` and `envelope_message` are public for `ruletrace`, which
 explains a preset's verdict from the very tables and lookups the preset uses.
 """
 
@@ -93,7 +93,7 @@ class KeywordHit:
     status: int
 
 
-def classify_row(message: str) -> KeywordHit | None:
+def keyword_row(message: str) -> KeywordHit | None:
     """The SPEC 4.4 keyword classifier, saying which keyword of which row matched.
 
     Case-insensitive substring search after `_` and `-` are read as spaces (so `RATE_LIMITED`
@@ -107,14 +107,14 @@ def classify_row(message: str) -> KeywordHit | None:
     return None
 
 
-def classify(message: str) -> int | None:
+def keyword_status(message: str) -> int | None:
     """The SPEC 4.4 keyword classifier: the status for an error message, or None."""
-    hit = classify_row(message)
+    hit = keyword_row(message)
     return None if hit is None else hit.status
 
 
 def _classify_any(message: str | None) -> int | None:
-    return None if message is None else classify(message)
+    return None if message is None else keyword_status(message)
 
 
 # --- slack --------------------------------------------------------------------------------

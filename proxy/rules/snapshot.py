@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from yarl import URL
 
 from proxy.config.model import Config, RouteConfig, UpstreamConfig
-from proxy.inspect import InspectPolicy
-from proxy.rules import RuleSet, compile_ruleset
+from proxy.rules.inspection import InspectPolicy
+from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.wire.headers import authority
 
 

@@ -17,7 +17,7 @@ import orjson
 import zstandard
 
 from proxy.config.model import InspectConfig
-from proxy.rules import Verdict
+from proxy.rules.verdict import Verdict
 
 # inspections_total{result} values (SPEC section 8)
 MATCHED = "matched"

@@ -1,4 +1,5 @@
-"""Applying a verdict to an upstream response (SPEC 4.3), as a pure function.
+"""A rule's `Verdict` on one upstream response, and applying it (SPEC 4.3), as pure data
+and a pure function.
 
 The handler, `tunnelguard check` and `tunnelguard explain` all call `apply_verdict`,
 so what a rule test asserts is exactly what a client gets.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.rules import Verdict
 from proxy.wire import headers as h
 from proxy.wire.problem import CONTENT_TYPE, problem_body
 
@@ -20,6 +20,19 @@ _DROP_ON_NEW_BODY = frozenset(
      "content-range", "content-language"}
 )  # fmt: skip
 NEEDS_RETRY_AFTER = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a matching rule decided about one upstream response."""
+
+    rule: str
+    status: int  # the honest (mapped) status
+    action: str  # rewrite | flag
+    body: str = "keep"  # keep | problem
+    retry_after: int | None = None  # seconds, from `retry_after_from`
+    message: str | None = None  # the error text found, for problem bodies and logs
+    partial_batch: bool = False  # some, not all, elements of a top-level array matched
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,10 @@
+"""rules: what an upstream response means, compiled at load and evaluated pure (SPEC 4, 5).
+
+`ruleset` compiles a route's rule names (user rules and `presets`) into a `RuleSet`;
+`inspection` decides what is buffered and decodes it within bounds; `verdict` is what a
+matching rule decided and how it is applied to a response; `snapshot` is a loaded config
+compiled for serving (one per reload); `ruletests` runs a config's embedded tests through
+the same steps.  No sockets, no clocks: tested with tables.
+
+May import: wire, config.
+"""
