@@ -13,7 +13,6 @@ from collections.abc import Callable, Coroutine
 from aiohttp import ClientSession, web
 
 from proxy.admin import build_admin
-from proxy.client import Pool
 from proxy.config.model import Config
 from proxy.handler import Proxy
 from proxy.listener import ListenSite
@@ -22,7 +21,8 @@ from proxy.observe.metrics import FLUSH_DELAY, Metrics
 from proxy.reload import Loader, carry_over, try_load, watch
 from proxy.rules.snapshot import Runtime, build
 from proxy.server import Accounting, GuardedServer
-from proxy.upstream import new_session
+from proxy.upstream.forward import new_session
+from proxy.upstream.pool import Pool
 
 _CANCEL_GRACE = 1.0  # seconds a request cancelled at the end of a drain gets to unwind
 

@@ -7,9 +7,9 @@ import email.utils
 import time
 from dataclasses import dataclass, field
 
-from proxy.connection import Response
 from proxy.rules.verdict import Delivery, Verdict
-from proxy.upstream import Failure
+from proxy.upstream.connection import Response
+from proxy.upstream.failures import Failure
 from proxy.wire import headers as h
 
 

@@ -18,28 +18,25 @@ from yarl import URL
 from proxy import respond
 from proxy import websocket as ws
 from proxy.attempt import Outcome, Plan, release
-from proxy.client import Pool
-from proxy.connection import Response
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
-from proxy.resilience import REPLAY_LIMIT, UpstreamGuard, backoff_delay
 from proxy.rules import inspection as ins
 from proxy.rules.snapshot import Route, Runtime
 from proxy.rules.verdict import Delivery, apply_verdict
 from proxy.server import refused_status
-from proxy.upstream import (
+from proxy.upstream.connection import Response
+from proxy.upstream.failures import (
     FAILURE_KINDS,
     OVERLOADED,
     PROTOCOL_ERROR,
     REFUSED_BY_BREAKER,
     Failure,
-    RequestBody,
     UpstreamFailure,
     is_retry_safe,
-    malformed_head,
-    send,
-    target_url,
 )
+from proxy.upstream.forward import RequestBody, malformed_head, send, target_url
+from proxy.upstream.guards import REPLAY_LIMIT, UpstreamGuard, backoff_delay
+from proxy.upstream.pool import Pool
 from proxy.wire import headers as h
 from proxy.wire.trace import trace_context
 

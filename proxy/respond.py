@@ -12,9 +12,10 @@ import contextlib
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
-from proxy.connection import Response
 from proxy.rules.verdict import Delivery, with_retry_after
-from proxy.upstream import Failure, UpstreamFailure, iter_body
+from proxy.upstream.connection import Response
+from proxy.upstream.failures import Failure, UpstreamFailure
+from proxy.upstream.forward import iter_body
 from proxy.wire import headers as h
 from proxy.wire.problem import CONTENT_TYPE, problem_body
 

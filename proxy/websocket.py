@@ -23,7 +23,7 @@ from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, hdrs, web
 from yarl import URL
 
 from proxy.config.model import UpstreamConfig
-from proxy.upstream import PROTOCOL_ERROR, UpstreamFailure, classify
+from proxy.upstream.failures import PROTOCOL_ERROR, UpstreamFailure, failure_of
 from proxy.wire import headers as h
 
 # The largest message relayed, per direction.  aiohttp reassembles a fragmented message
@@ -124,7 +124,7 @@ async def connect(
             raise UpstreamFailure(PROTOCOL_ERROR, exc) from exc
         return Handshake(seconds, None, exc.status, _refusal_headers(exc))
     except Exception as exc:
-        raise UpstreamFailure(classify(exc), exc) from exc
+        raise UpstreamFailure(failure_of(exc), exc) from exc
     return Handshake(time.perf_counter() - started, socket)
 
 

@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 
 from proxy.app import TunnelGuard
-from proxy.client import Pool, endpoint
 from proxy.config.load import parse_text
-from proxy.connection import Connection
 from proxy.observe.logs import Log
 from proxy.observe.metrics import Metrics
+from proxy.upstream.connection import Connection
+from proxy.upstream.pool import Pool, endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

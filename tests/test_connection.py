@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy import connection
+from proxy.upstream import connection
 
 from .conftest import connected
 

@@ -15,7 +15,7 @@ import random
 import pytest
 
 from proxy.config.model import BreakerPolicy, RetryPolicy, UpstreamConfig
-from proxy.resilience import (
+from proxy.upstream.guards import (
     BUDGET_FLOOR,
     BUDGET_WINDOW,
     CLOSED,

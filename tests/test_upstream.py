@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.upstream import FAILURES, OVERLOADED, PROTOCOL_ERROR, REFUSED_BY_BREAKER
+from proxy.upstream.failures import FAILURES, OVERLOADED, PROTOCOL_ERROR, REFUSED_BY_BREAKER
 
 from .conftest import ProxyFactory, Running, UpstreamFactory, closed_port, config_yaml
 

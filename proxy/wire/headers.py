@@ -81,7 +81,7 @@ _REQUEST_KINDS = {
     b"via": _R_VIA,
     b"tracestate": _R_TRACESTATE,
 }
-# hop-by-hop, `expect` (100-continue is the proxy's to forward, client.Pool.send) and
+# hop-by-hop, `expect` (100-continue is the proxy's to forward, upstream.pool.Pool.send) and
 # `traceparent` (the proxy sends its own, below)
 _REQUEST_DROPPED = frozenset(
     name.encode() for name in (HOP_BY_HOP - {"connection"}) | {"expect", "traceparent"}

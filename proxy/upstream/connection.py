@@ -1,11 +1,11 @@
 """One upstream HTTP/1.1 connection: the llhttp (httptools) response parser, the
-`Response` it produces, and the failures it raises.  `client.Pool` opens, reuses and closes
+`Response` it produces, and the failures it raises.  `pool.Pool` opens, reuses and closes
 these connections.
 
 A `Connection` carries one request at a time: `begin` returns the future of the response
 head; the `Response` then yields its body as it arrives, with flow control (reading from
 the upstream pauses while `HIGH_WATER` bytes wait for the client).  Failures are this
-module's exceptions, which `upstream.classify` maps onto the failure table:
+module's exceptions, which `failures.failure_of` maps onto the failure table:
 
 - `ConnectFailed(cause)`: no connection (refused, DNS, TLS); `cause` says which;
 - `ConnectTimeout`, `HeadTimeout`: the connect or the wait for the head took too long;
@@ -49,7 +49,7 @@ _LOOKED_UP_SIZES = frozenset(len(name) for name in _LOOKED_UP)
 
 
 class ClientFailure(Exception):
-    """Base of everything `client.Pool.send` and `Response.iter_any` raise."""
+    """Base of everything `pool.Pool.send` and `Response.iter_any` raise."""
 
 
 class ConnectFailed(ClientFailure):
@@ -90,7 +90,7 @@ class Endpoint:
 
 
 class Parking(Protocol):
-    """What a connection needs of its pool (`client.Pool`)."""
+    """What a connection needs of its pool (`pool.Pool`)."""
 
     def park(self, conn: Connection) -> None: ...
 

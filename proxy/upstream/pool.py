@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from yarl import URL
 
-from proxy.connection import (
+from proxy.upstream.connection import (
     ConnectFailed,
     Connection,
     ConnectTimeout,
