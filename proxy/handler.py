@@ -15,15 +15,15 @@ from collections.abc import Callable
 from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
-from proxy import respond
 from proxy import websocket as ws
 from proxy.attempt import Outcome, Plan, release
+from proxy.downstream import writers
+from proxy.downstream.server import refused_status
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.rules import inspection as ins
 from proxy.rules.snapshot import Route, Runtime
 from proxy.rules.verdict import Delivery, apply_verdict
-from proxy.server import refused_status
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import (
     FAILURE_KINDS,
@@ -117,7 +117,7 @@ class Proxy:
         route = runtime.route_for(request.host, request.raw_path)
         outcome = Outcome()
         if route is None:
-            response = respond.problem(
+            response = writers.problem(
                 404, "no_route", "no route matches this request", trace_id, closing=self.closing
             )
             outcome.code = outcome.true_status = 404
@@ -166,9 +166,9 @@ class Proxy:
         body = RequestBody(None)
         on_continue = None
         if request.body_exists:
-            if respond.expects_continue(request):  # end to end: the upstream decides (SPEC 7)
+            if writers.expects_continue(request):  # end to end: the upstream decides (SPEC 7)
                 body = RequestBody(None, request.content, length=request.content_length)
-                on_continue = respond.Continue(request)
+                on_continue = writers.Continue(request)
             else:
                 body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
         guard.budget.record_request()
@@ -305,7 +305,7 @@ class Proxy:
             outcome.code = outcome.true_status = 400
             outcome.source = "proxy"
             detail = "malformed WebSocket handshake (RFC 6455 4.2.1)"
-            return respond.problem(
+            return writers.problem(
                 400, "bad_websocket_handshake", detail, trace_id, closing=self.closing
             )
         refusal, wait, probe = self._admit(guard)
@@ -337,7 +337,7 @@ class Proxy:
         outcome.code = outcome.true_status = shake.status
         if shake.socket is None:  # refused: its status and headers, with an empty body
             refused = Delivery(shake.status, shake.headers, None)
-            return respond.buffered(refused, b"", fallback, self.closing)
+            return writers.buffered(refused, b"", fallback, self.closing)
         return await ws.relay(request, shake, self._draining)
 
     # -- inspecting and delivering ---------------------------------------------------------
@@ -363,7 +363,7 @@ class Proxy:
             self._metrics.count_inspection(route.name, reason)
             return plan
         try:
-            chunks, complete = await respond.read_bounded(resp, policy.max_body_bytes)
+            chunks, complete = await writers.read_bounded(resp, policy.max_body_bytes)
         except UpstreamFailure as failed:  # nothing sent yet: answer from the table
             release(resp)
             return Plan(failure=failed.failure)
@@ -405,7 +405,7 @@ class Proxy:
         outcome.code = outcome.true_status = resp.status
         fallback = route.fallback_retry_after
         if plan.raw is None:
-            response, broke = await respond.relay(
+            response, broke = await writers.relay(
                 request, resp, plan.headers, plan.already, fallback, self.closing
             )
             if broke is not None:  # after the head: the client connection was aborted
@@ -418,7 +418,7 @@ class Proxy:
             outcome.true_status = plan.verdict.status
             outcome.code = delivery.status
             outcome.source = "flagged" if plan.verdict.action == "flag" else "rewritten"
-        return respond.buffered(delivery, plan.raw, fallback, self.closing)
+        return writers.buffered(delivery, plan.raw, fallback, self.closing)
 
     def _failure(
         self,
@@ -439,7 +439,7 @@ class Proxy:
                 "; the upstream may have completed the request, so it is not safe to retry "
                 "blindly (RFC 9110 9.2.2)"
             )
-        response = respond.problem(
+        response = writers.problem(
             failure.status, failure.error, detail, trace_id, retry_after, self.closing
         )
         response.headers["Proxy-Status"] = f"tunnelguard; error={failure.error}"

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import limits as lim
 from proxy.config.load import parse_text
 from proxy.config.model import Listen
+from proxy.downstream import refusals as lim
 
 from .conftest import Upstream, UpstreamFactory, run_tunnelguard, stop_processes
 

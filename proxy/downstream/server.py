@@ -24,11 +24,10 @@ from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from proxy import limits as lim
-from proxy import respond
 from proxy.config.model import ServerLimits
-from proxy.limits import Refusal
-from proxy.listener import ConnectionGate
+from proxy.downstream import refusals, writers
+from proxy.downstream.listener import ConnectionGate
+from proxy.downstream.refusals import Refusal
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.wire.deadline import Deadline
@@ -97,18 +96,21 @@ def admission_refusal(request: web.BaseRequest, limits: ServerLimits) -> Refusal
     """What the server refuses in a request the parser accepted, before any handler
     logic runs: framing llhttp lets through, the head's total size, a body declared (or
     already received) over `max_request_body`."""
-    refusal = lim.transfer_coding_refusal(
+    refusal = refusals.transfer_coding_refusal(
         (request.version.major, request.version.minor),
         request.headers.getall("Transfer-Encoding", ()),
     )
     if refusal is not None:
         return refusal
     max_head = limits.max_head_bytes
-    if max_head and lim.head_size(request.method, request.raw_path, request.raw_headers) > max_head:
-        return lim.HEAD_TOO_LARGE
+    if (
+        max_head
+        and refusals.head_size(request.method, request.raw_path, request.raw_headers) > max_head
+    ):
+        return refusals.HEAD_TOO_LARGE
     if limits.max_request_body and request.content.total_bytes > limits.max_request_body:
-        return lim.BODY_TOO_LARGE
-    return lim.declared_body_refusal(request.content_length, limits.max_request_body)
+        return refusals.BODY_TOO_LARGE
+    return refusals.declared_body_refusal(request.content_length, limits.max_request_body)
 
 
 def refused_status(request: web.BaseRequest) -> int | None:
@@ -125,8 +127,8 @@ def refused_status(request: web.BaseRequest) -> int | None:
 def parser_refusal(exc: HttpProcessingError) -> Refusal:
     """The answer to a request aiohttp's parser (llhttp) refused."""
     if isinstance(exc, LineTooLong) or exc.message.startswith("Too many headers"):
-        return lim.HEAD_TOO_LARGE
-    return lim.MALFORMED
+        return refusals.HEAD_TOO_LARGE
+    return refusals.MALFORMED
 
 
 class GuardedServer(web.Server):
@@ -142,7 +144,7 @@ class GuardedServer(web.Server):
         handler_cancellation: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.update(lim.parser_limits(limits.max_head_bytes))
+        kwargs.update(refusals.parser_limits(limits.max_head_bytes))
         super().__init__(self._admit, handler_cancellation=handler_cancellation, **kwargs)
         self._handle = handler
         self._protocol_kwargs = kwargs
@@ -182,7 +184,7 @@ class GuardedServer(web.Server):
 
 
 def _problem(refusal: Refusal, trace_id: str) -> web.Response:
-    response = respond.problem(
+    response = writers.problem(
         refusal.status, refusal.error, refusal.detail, trace_id, closing=True
     )
     # said even where implied (aiohttp answers a parser error as HTTP/1.0)
@@ -261,7 +263,7 @@ class GuardedProtocol(RequestHandler):
                 self._refuse_framing()
                 return
         elif idle and 0 < self._server.limits.max_head_bytes < self._head_bytes:
-            self._refuse_head(lim.HEAD_TOO_LARGE)
+            self._refuse_head(refusals.HEAD_TOO_LARGE)
             return
         self._check_body()
 
@@ -286,7 +288,7 @@ class GuardedProtocol(RequestHandler):
         """Body framing that broke before the handler started: the parser's error
         entry is already queued behind this request, whose body will never end."""
         if self._request_count > self._finished + 1 and not request.content.is_eof():
-            return lim.MALFORMED
+            return refusals.MALFORMED
         return None
 
     def _check_body(self) -> None:
@@ -295,7 +297,7 @@ class GuardedProtocol(RequestHandler):
         if not limit or request is None or request.content.total_bytes <= limit:
             return
         task = self._task
-        self.refusal = lim.BODY_TOO_LARGE
+        self.refusal = refusals.BODY_TOO_LARGE
         if request.writer.output_size == 0 and task is not None and not task.done():
             self.cancelled_handler = True  # GuardedServer._admit answers 413
             task.cancel()
@@ -313,7 +315,7 @@ class GuardedProtocol(RequestHandler):
 
     def _head_timeout(self) -> None:
         if self._head_bytes:  # a request began: tell the client why it ends
-            self._refuse_head(lim.HEAD_TIMEOUT)
+            self._refuse_head(refusals.HEAD_TIMEOUT)
         else:  # an idle connection: nothing to answer
             self.force_close()
 
@@ -326,7 +328,7 @@ class GuardedProtocol(RequestHandler):
         self.refusal = refusal
         if self.transport is not None:
             trace_id = new_trace_id()
-            self.transport.write(lim.raw_response(refusal, trace_id))
+            self.transport.write(refusals.raw_response(refusal, trace_id))
             self._server.accounting.refused(refusal, None, trace_id, self.head_seconds())
         self.force_close()
 
@@ -334,10 +336,10 @@ class GuardedProtocol(RequestHandler):
         """Body framing broke mid-stream: answer if the handler has not started its
         answer, and close; the handler is cancelled with the connection
         (handler_cancellation), aborting the upstream request, and accounts for it."""
-        self.refusal = lim.MALFORMED
+        self.refusal = refusals.MALFORMED
         request = self._request
         if self.transport is not None and request is not None and request.writer.output_size == 0:
-            self.transport.write(lim.raw_response(lim.MALFORMED, trace_id_of(request)))
+            self.transport.write(refusals.raw_response(refusals.MALFORMED, trace_id_of(request)))
         self.force_close()
 
     def handle_error(
@@ -357,6 +359,6 @@ class GuardedProtocol(RequestHandler):
             refusal = parser_refusal(exc)
             self._server.accounting.refused(refusal, None, trace_id, self.head_seconds())
         else:  # the handler raised; it counted the request itself
-            refusal = lim.HANDLER_TIMEOUT if status == 504 else lim.INTERNAL
+            refusal = refusals.HANDLER_TIMEOUT if status == 504 else refusals.INTERNAL
             self._server.accounting.failed(exc)
         return _problem(refusal, trace_id)

@@ -1,7 +1,7 @@
 """Client-side limits and request framing rules (SPEC 4.7 and 7): the pure decisions.
 
 `Refusal`s are the answers tunnelguard gives on its own when a client breaks a limit or
-frames a request ambiguously; `server.py` applies them to connections.  Every refusal
+frames a request ambiguously; `server` applies them to connections.  Every refusal
 closes the connection: after a framing error, a refused body or a head that was never
 finished, the next bytes on it cannot be trusted to start a request (RFC 9112 6.3, 9.6).
 """
