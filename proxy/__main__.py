@@ -171,16 +171,16 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.worker_fd is not None:  # a worker of a --workers N master: it watches nothing
         import socket
 
-        from proxy.app import serve
+        from proxy.serve.lifecycle import serve
 
         sock = socket.socket(fileno=args.worker_fd)
         return _run_async(serve(config, log, sock, loader=loader))
     if args.workers > 1:
-        from proxy.workers import run_master
+        from proxy.serve.workers import run_master
 
         worker_argv = [a for a in argv if a != "--watch"] + ["--workers", "1"]
         return run_master(config, log, worker_argv, args.workers, loader, watch_path)
-    from proxy.app import serve
+    from proxy.serve.lifecycle import serve
 
     return _run_async(serve(config, log, loader=loader, watch_path=watch_path))
 
@@ -205,8 +205,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Exit 0 when explained (match or not); 2 for bad usage, config or body file."""
-    from proxy.explain import explain
-    from proxy.explainrender import render, to_json
+    from proxy.tools.explain import explain
+    from proxy.tools.explain_render import render, to_json
 
     try:
         config = load_file(args.config)
@@ -257,7 +257,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo import run_demo
+    from proxy.tools.demo import run_demo
 
     return _run_async(run_demo(args.listen, args.admin_listen, once=args.once))
 

@@ -16,9 +16,9 @@ from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
 from proxy import websocket as ws
-from proxy.attempt import Outcome, Plan, release
 from proxy.downstream import writers
 from proxy.downstream.server import refused_status
+from proxy.exchange import Outcome, Plan, release
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.rules import inspection as ins

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import TunnelGuard
 from proxy.config.load import parse_text
 from proxy.observe.logs import Log
 from proxy.observe.metrics import Metrics
+from proxy.serve.lifecycle import TunnelGuard
 from proxy.upstream.connection import Connection
 from proxy.upstream.pool import Pool, endpoint
 

@@ -137,7 +137,7 @@ async def test_drain_timeout_bounds_the_wait(
 def test_settle_heap_takes_start_up_objects_out_of_the_collectors_sight() -> None:
     import gc
 
-    from proxy.app import settle_heap
+    from proxy.serve.lifecycle import settle_heap
 
     assert gc.get_freeze_count() == 0
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.reload import Attempt, carry_over, try_load
+from proxy.serve.reload import ReloadResult, carry_over, try_load
 
 from .conftest import (
     LoggedProcess,
@@ -155,7 +155,7 @@ def test_try_load_and_carry_over(tmp_path: Path) -> None:
     good = tmp_path / "g.yaml"
     good.write_text(config_text("http://127.0.0.1:1"))
     attempt = try_load(lambda: load_file(good))
-    assert isinstance(attempt, Attempt) and attempt.ok
+    assert isinstance(attempt, ReloadResult) and attempt.ok
     moved = tmp_path / "m.yaml"
     moved.write_text(
         config_text("http://127.0.0.1:1").replace("127.0.0.1:0\nadmin", "127.0.0.1:9\nadmin")

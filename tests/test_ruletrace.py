@@ -14,7 +14,7 @@ from proxy.config.model import Config
 from proxy.rules.presets import ErrorEnvelopePreset, keyword_row
 from proxy.rules.ruleset import PresetRule, RuleSet, UserRule, compile_when
 from proxy.rules.snapshot import build
-from proxy.ruletrace import clip, explain_rule, show, trace_rules, trace_status, trace_when
+from proxy.tools.ruletrace import clip, explain_rule, show, trace_rules, trace_status, trace_when
 from proxy.wire.pointer import MISSING, compile_pointer
 
 from .conftest import ROOT

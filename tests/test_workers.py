@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from proxy.config.model import Listen
-from proxy.workers import ProxyPort, reuse_port_spreads
+from proxy.serve.workers import ProxyPort, reuse_port_spreads
 
 from .conftest import (
     LoggedProcess,

@@ -1,9 +1,9 @@
 """The strict parser that turns a YAML document into a `Config`.
 
-Each `_section` function reads one part of the document through `configwalk.Walker`,
+Each `_section` function reads one part of the document through `walker.Walker`,
 which reports problems with the exact YAML path (and line), and substitutes the default
 so that parsing continues and every error is reported in one pass.  The `rules:` and
-`tests:` sections are read by `ruleparse`.
+`tests:` sections are read by `parse_rules`.
 """
 
 from __future__ import annotations

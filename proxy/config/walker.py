@@ -2,7 +2,7 @@
 
 `Walker` checks one value at a time (a mapping's keys, a name, a duration, a size, a
 status, a listen address, ...) and, on a bad value, records a `Problem` (file, line, YAML path) and
-returns `BAD`, so the section parsers (`configparse`, `ruleparse`) substitute the default
+returns `BAD`, so the section parsers (`parse`, `parse_rules`) substitute the default
 and go on: every error of a document is reported in one pass.
 """
 

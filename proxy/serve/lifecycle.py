@@ -12,15 +12,15 @@ from collections.abc import Callable, Coroutine
 
 from aiohttp import ClientSession, web
 
-from proxy.admin import build_admin
 from proxy.config.model import Config
 from proxy.downstream.listener import ListenSite
 from proxy.downstream.server import Accounting, GuardedServer
 from proxy.handler import Proxy
 from proxy.observe.logs import Log
 from proxy.observe.metrics import FLUSH_DELAY, Metrics
-from proxy.reload import Loader, carry_over, try_load, watch
 from proxy.rules.snapshot import Runtime, build
+from proxy.serve.admin import build_admin
+from proxy.serve.reload import Loader, carry_over, try_load, watch
 from proxy.upstream.forward import new_session
 from proxy.upstream.pool import Pool
 

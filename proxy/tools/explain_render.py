@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import orjson
 
-from proxy.explain import Explanation, header_diff, metric_samples, retry_after
-from proxy.ruletrace import ConditionTrace, RuleTrace, clip, show
+from proxy.tools.explain import Explanation, header_diff, metric_samples, retry_after
+from proxy.tools.ruletrace import ConditionTrace, RuleTrace, clip, show
 from proxy.wire import headers as h
 from proxy.wire.pointer import MISSING
 

@@ -10,10 +10,10 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from proxy.app import TunnelGuard
 from proxy.config.load import load_default
 from proxy.config.model import Listen
 from proxy.observe.logs import Log
+from proxy.serve.lifecycle import TunnelGuard
 
 GRAPHQL = "application/graphql-response+json"
 

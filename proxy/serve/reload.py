@@ -21,7 +21,7 @@ WATCH_INTERVAL = 1.0  # seconds between looks at the file: cheap, and no inotify
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class ReloadResult:
     """The result of loading a candidate config."""
 
     config: Config | None
@@ -32,16 +32,16 @@ class Attempt:
         return self.config is not None
 
 
-def try_load(loader: Loader) -> Attempt:
+def try_load(loader: Loader) -> ReloadResult:
     """Load and test a candidate; never raises for a bad file."""
     try:
         config = loader()
     except ConfigError as exc:
-        return Attempt(None, tuple(p.render() for p in exc.problems) or ("no config",))
+        return ReloadResult(None, tuple(p.render() for p in exc.problems) or ("no config",))
     failing = failure_report(config)
     if failing:
-        return Attempt(None, tuple(failing))
-    return Attempt(config)
+        return ReloadResult(None, tuple(failing))
+    return ReloadResult(config)
 
 
 def carry_over(old: Config, new: Config) -> tuple[Config, list[str]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from proxy.config.model import Config, Listen
 from proxy.observe.logs import Log
-from proxy.reload import Loader, carry_over, try_load, watch
+from proxy.serve.reload import Loader, carry_over, try_load, watch
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_FD_FLAG = "--worker-fd"
@@ -197,9 +197,9 @@ class Master:
         from prometheus_client import CollectorRegistry
         from prometheus_client import multiprocess as mp
 
-        from proxy.admin import build_admin
-        from proxy.app import url_of
         from proxy.observe.metrics import Metrics
+        from proxy.serve.admin import build_admin
+        from proxy.serve.lifecycle import url_of
 
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

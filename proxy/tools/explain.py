@@ -1,6 +1,6 @@
 """`tunnelguard explain`: one upstream response dry-run through a route's rules, with reasons.
 
-`explain` builds an `Explanation`, the report's data; `explainrender` turns it into text or
+`explain` builds an `Explanation`, the report's data; `explain_render` turns it into text or
 JSON.  The verdict and what the client would get come from the proxy's own pure pipeline
 (`ruletests.simulate`, `RuleSet.evaluate`); the reasons come from `ruletrace.trace_rules`,
 which re-evaluates each rule while recording what it looked at.  Tests hold the two in
@@ -21,7 +21,7 @@ from proxy.rules import inspection as ins
 from proxy.rules.ruletests import Simulation, simulate
 from proxy.rules.snapshot import Route, build
 from proxy.rules.verdict import Verdict
-from proxy.ruletrace import RuleTrace, trace_rules
+from proxy.tools.ruletrace import RuleTrace, trace_rules
 from proxy.wire import headers as h
 from proxy.wire.pointer import MISSING
 

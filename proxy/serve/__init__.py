@@ -1,0 +1,10 @@
+"""serve: one process and its supervisor.
+
+`lifecycle` wires a serving process (proxy listener, admin listener, upstream pool,
+metrics, log), starts it and drains it on SIGTERM (SPEC 6.3); `admin` answers /metrics,
+/healthz, /readyz and /config (SPEC 2); `reload` swaps in a new config on SIGHUP or a file
+change (SPEC 4.6); `workers` is the master and its N worker processes (`--workers`).
+
+May import: wire, observe, config, rules, upstream, downstream, and the request layer
+(`proxy.handler`, `proxy.exchange`, `proxy.websocket`).
+"""
