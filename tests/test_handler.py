@@ -16,7 +16,14 @@ import zstandard
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from .conftest import ProxyFactory, Running, Upstream, UpstreamFactory, closed_port, config_yaml
+from tests.conftest import (
+    ProxyFactory,
+    Running,
+    Upstream,
+    UpstreamFactory,
+    closed_port,
+    config_yaml,
+)
 
 Proxied = tuple[Upstream, Running]
 

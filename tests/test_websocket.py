@@ -18,8 +18,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from proxy.websocket import MAX_MESSAGE_BYTES
-
-from .conftest import (
+from tests.conftest import (
     LoggedProcess,
     ProxyFactory,
     Running,

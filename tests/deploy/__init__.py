@@ -1,0 +1,2 @@
+"""Deployment tests: the container image (podman), Prometheus and promtool, Grafana,
+Kubernetes manifests."""

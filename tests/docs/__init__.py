@@ -1,0 +1,2 @@
+"""Documentation tests: every YAML example shown in README and docs/ loads, and
+config/examples/ pass `check`."""

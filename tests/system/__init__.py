@@ -1,0 +1,1 @@
+"""System tests: real proxy processes under faults, fuzzed input and a soak."""

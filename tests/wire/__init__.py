@@ -1,0 +1,1 @@
+"""Tests of proxy/wire/, one module each (test_<module>.py); pure tables, no network."""
