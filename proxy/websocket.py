@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, hdrs, web
 from yarl import URL
 
+from proxy.compat.aiohttp_private import handshake_response
 from proxy.config.model import UpstreamConfig
 from proxy.upstream.failures import PROTOCOL_ERROR, UpstreamFailure, failure_of
 from proxy.wire import headers as h
@@ -157,9 +158,7 @@ async def relay(
         compress=False,
         max_msg_size=MAX_MESSAGE_BYTES,
     )
-    # ClientWebSocketResponse exposes no response headers; `_response` is its handshake
-    # response, present in every aiohttp 3.x.
-    for name, value in h.response_headers(upstream._response.raw_headers):
+    for name, value in h.response_headers(handshake_response(upstream).raw_headers):
         if not name.lower().startswith(_HANDSHAKE_PREFIX):
             client.headers.add(name, value)
     try:

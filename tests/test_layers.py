@@ -16,13 +16,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
 
-# bottom to top; "request" is the request's story at the top of the package (handler.py,
-# exchange.py, websocket.py) and "cli" is __main__.py
+# bottom to top (compat and wire import nothing of ours); "request" is the request's story
+# at the top of the package (handler.py, exchange.py, websocket.py); "cli" is __main__.py
 ORDER = (
-    "wire", "observe", "config", "rules", "upstream", "downstream", "request", "serve",
+    "compat", "wire", "observe", "config", "rules", "upstream", "downstream", "request", "serve",
     "tools", "cli",
 )  # fmt: skip
-SUBPACKAGES = ("wire", "observe", "config", "rules", "upstream", "downstream", "serve", "tools")
+SUBPACKAGES = (
+    "compat",
+    "wire",
+    "observe",
+    "config",
+    "rules",
+    "upstream",
+    "downstream",
+    "serve",
+    "tools",
+)
 REQUEST_MODULES = ("handler", "exchange", "websocket")
 REQUEST_MAY_IMPORT = frozenset(ORDER[: ORDER.index("request")])
 

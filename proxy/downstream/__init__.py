@@ -6,6 +6,6 @@ HTTP/1.1 server protocol that enforces the client-side limits and request framin
 what it refuses; `writers` write every answer to the client: buffered, relayed from the
 upstream as it arrives, or generated (problem+json).
 
-May import: wire, observe, config, rules, upstream (a relayed body is an upstream
+May import: compat, wire, observe, config, rules, upstream (a relayed body is an upstream
 `Response`).
 """

@@ -24,6 +24,7 @@ from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.compat.aiohttp_private import parsed_messages
 from proxy.config.model import ServerLimits
 from proxy.downstream import refusals, writers
 from proxy.downstream.listener import ConnectionGate
@@ -201,13 +202,14 @@ class GuardedProtocol(RequestHandler):
     every byte received belongs to a head and is counted against `max_head_bytes`, so a
     client cannot make the parser buffer more than that.
 
-    aiohttp has no hook for "a request head was parsed": its count of parsed messages,
-    `RequestHandler._request_count`, is read (only read) for it in `data_received`.
+    aiohttp has no hook for "a request head was parsed": its count of parsed messages
+    (`aiohttp_private.parsed_messages`) is read (only read) for it in `data_received`.
     """
 
     __slots__ = (
-        "_body", "_counted", "_deadline", "_finished", "_head_bytes", "_head_started",
-        "_request", "_server", "_task", "_timeout", "cancelled_handler", "refusal",
+        "_body", "_counted", "_deadline", "_event_loop", "_finished", "_head_bytes",
+        "_head_started", "_request", "_server", "_task", "_timeout", "cancelled_handler",
+        "refusal",
     )  # fmt: skip
 
     def __init__(
@@ -215,6 +217,7 @@ class GuardedProtocol(RequestHandler):
     ) -> None:
         super().__init__(server, loop=loop, **kwargs)
         self._server = server  # aiohttp drops its own reference when the connection ends
+        self._event_loop = loop
         self._timeout = server.limits.header_timeout
         self._deadline = Deadline(loop, self._head_timeout)  # of the head being received
         self._head_bytes = 0
@@ -251,9 +254,9 @@ class GuardedProtocol(RequestHandler):
             if self._deadline.when is None:
                 self._arm_head_timer()
             self._head_bytes += len(data)
-        parsed = self._request_count
+        parsed = parsed_messages(self)
         super().data_received(data)
-        if self._request_count != parsed:  # the parser has a whole head (or an error)
+        if parsed_messages(self) != parsed:  # the parser has a whole head (or an error)
             self._cancel_head_timer()
             self._head_bytes = 0
             body = self._body
@@ -270,14 +273,14 @@ class GuardedProtocol(RequestHandler):
     def _idle(self) -> bool:
         """No request is pending and its body (if any) is over: bytes start a head."""
         body = self._body
-        return self._request_count == self._finished and (body is None or body.is_eof())
+        return parsed_messages(self) == self._finished and (body is None or body.is_eof())
 
     # -- the handler's side ----------------------------------------------------------------
 
     def request_started(self, request: web.BaseRequest) -> None:
         self._request = request
         self._body = request.content
-        self._task = asyncio.current_task(self._loop)  # no getpid, unlike current_task()
+        self._task = asyncio.current_task(self._event_loop)  # no getpid, unlike current_task()
 
     def request_finished(self) -> None:
         self._finished += 1
@@ -287,7 +290,7 @@ class GuardedProtocol(RequestHandler):
     def queued_refusal(self, request: web.BaseRequest) -> Refusal | None:
         """Body framing that broke before the handler started: the parser's error
         entry is already queued behind this request, whose body will never end."""
-        if self._request_count > self._finished + 1 and not request.content.is_eof():
+        if parsed_messages(self) > self._finished + 1 and not request.content.is_eof():
             return refusals.MALFORMED
         return None
 
@@ -307,7 +310,7 @@ class GuardedProtocol(RequestHandler):
     # -- deadlines and refusals ------------------------------------------------------------
 
     def _arm_head_timer(self) -> None:
-        self._head_started = self._loop.time()
+        self._head_started = self._event_loop.time()
         self._deadline.set(self._head_started + self._timeout)
 
     def _cancel_head_timer(self) -> None:
@@ -321,7 +324,7 @@ class GuardedProtocol(RequestHandler):
 
     def head_seconds(self) -> float:
         """Time since the current (or last) request head began."""
-        return self._loop.time() - self._head_started
+        return self._event_loop.time() - self._head_started
 
     def _refuse_head(self, refusal: Refusal) -> None:
         """A head that never completed: answer on the transport, account, close."""

@@ -1,5 +1,5 @@
 """observe: what the process tells operators: Prometheus metrics (an injected registry),
 the JSON access and event log, and the batching that writes both cheaply.
 
-May import: wire.
+May import: compat, wire.
 """

@@ -17,7 +17,6 @@ answered in an earlier iteration.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.compat.prometheus_private import observe_all
 from proxy.observe.batching import FlushLater
 
 PREFIX = "tunnelguard_"
@@ -217,30 +217,13 @@ class Metrics:
         for child, n in counts.items():
             child.inc(n)
         for hist, values in observed.items():
-            _observe_all(hist, values)
+            observe_all(hist, values)
 
     def in_flight_for(self, route: str) -> Gauge:
         gauge = self._in_flight.get(route)
         if gauge is None:
             gauge = self._in_flight[route] = self.in_flight.labels(route)
         return gauge
-
-
-def _observe_all(hist: Histogram, values: list[float]) -> None:
-    """`hist.observe(v)` for every value, with one increment per bucket touched.
-
-    Reads the histogram's bucket bounds and values, which prometheus-client keeps in
-    `_upper_bounds`, `_buckets` and `_sum` (unchanged since 0.4; `test_metrics` checks
-    the result against `observe`)."""
-    bounds = hist._upper_bounds
-    hits = [0] * len(bounds)
-    for value in values:
-        hits[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
-    hist._sum.inc(sum(values))
-    buckets = hist._buckets
-    for i, n in enumerate(hits):
-        if n:
-            buckets[i].inc(n)
 
 
 class _FlushFirst(Collector):

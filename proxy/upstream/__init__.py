@@ -6,5 +6,5 @@ keeps them alive per upstream; `forward` sends one request and reads its answer;
 and a metric kind (SPEC 6.1); `guards` protect each upstream (concurrency limit, retry
 budget, backoff, circuit breaker, SPEC 6.3).
 
-May import: wire, observe, config.
+May import: compat, wire, observe, config.
 """

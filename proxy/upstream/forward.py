@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import ClientSession
 from yarl import URL
 
+from proxy.compat.aiohttp_private import no_silent_retry
 from proxy.config.model import UpstreamConfig
 from proxy.upstream import connection
 from proxy.upstream.connection import Response
@@ -37,11 +38,7 @@ def new_session() -> ClientSession:
         # a transparent proxy invents no headers: the client's own go upstream, if any
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
     )
-    # aiohttp silently re-sends an idempotent request once when a pooled connection
-    # drops before the response head.  Every attempt must be ours: counted, budgeted
-    # and bounded by retry.attempts (SPEC 6.3).  No public switch exists (aiohttp
-    # issue 10790); aiohttp's own TestClient sets the same attribute.
-    session._retry_connection = False
+    no_silent_retry(session)  # every attempt is ours (SPEC 6.3)
     return session
 
 

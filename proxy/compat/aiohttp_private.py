@@ -1,0 +1,33 @@
+"""aiohttp's private attributes that tunnelguard reads or sets, each behind one function.
+
+Checked against aiohttp 3.14.5 (`CHECKED_VERSION`); present since 3.9, the lower bound in
+pyproject.toml.  tests/compat/test_aiohttp_private.py fails if an attribute disappears.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHECKED_VERSION = "3.14.5"
+
+
+def parsed_messages(handler: Any) -> int:
+    """How many request heads `web_protocol.RequestHandler` has parsed on its connection
+    (`_request_count`).  aiohttp has no hook for "a request head was parsed"; the server
+    compares this before and after feeding bytes (read only)."""
+    count: int = handler._request_count
+    return count
+
+
+def no_silent_retry(session: Any) -> None:
+    """aiohttp silently re-sends an idempotent request once when a pooled connection drops
+    before the response head.  Every attempt must be ours: counted, budgeted and bounded by
+    retry.attempts (SPEC 6.3).  No public switch exists (aiohttp issue 10790); aiohttp's
+    own TestClient sets the same attribute."""
+    session._retry_connection = False
+
+
+def handshake_response(websocket: Any) -> Any:
+    """The `ClientResponse` of a client WebSocket's handshake (`_response`):
+    `ClientWebSocketResponse` exposes no response headers of its own."""
+    return websocket._response

@@ -1,0 +1,70 @@
+"""proxy.compat.aiohttp_private against the installed aiohttp: each private attribute
+exists and means what the shim assumes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.compat.aiohttp_private import handshake_response, no_silent_retry, parsed_messages
+
+
+async def test_parsed_messages_counts_request_heads() -> None:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    loop = asyncio.get_running_loop()
+    protocol = RequestHandler(web.Server(handler), loop=loop)
+    ours, theirs = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
+    client_reader, client_writer = await asyncio.open_connection(sock=theirs)
+    try:
+        assert parsed_messages(protocol) == 0
+        client_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        await client_writer.drain()
+        await asyncio.sleep(0.05)
+        assert parsed_messages(protocol) == 0  # the head is not complete yet
+        client_writer.write(b"\r\n")
+        await asyncio.wait_for(client_reader.readuntil(b"ok"), 5)
+        assert parsed_messages(protocol) == 1
+    finally:
+        client_writer.close()
+        transport.close()
+
+
+async def test_no_silent_retry_sets_the_switch_aiohttp_reads() -> None:
+    async with aiohttp.ClientSession() as session:
+        assert session._retry_connection is True  # aiohttp's default: one silent retry
+        no_silent_retry(session)
+        assert session._retry_connection is False
+
+
+async def test_handshake_response_is_the_101_with_its_headers() -> None:
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        ws.headers["X-Upstream"] = "yes"
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws,
+        ):
+            response = handshake_response(ws)
+            assert response.status == 101
+            assert (b"X-Upstream", b"yes") in response.raw_headers
+    finally:
+        await runner.cleanup()
