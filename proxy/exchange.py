@@ -1,15 +1,21 @@
-"""One request's attempts, as data: what an attempt produced (`Plan`) and what the
-request ended as (`Outcome`, for metrics and the access log)."""
+"""One request's records, as data: what every attempt shares (`Call`), what an attempt
+produced (`Plan`) and what the request ended as (`Outcome`, for metrics and the access
+log)."""
 
 from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
+from proxy.rules.snapshot import Route, Runtime
 from proxy.rules.verdict import Delivery, Verdict
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import Failure
+from proxy.upstream.forward import RequestBody
 from proxy.wire import headers as h
 
 
@@ -24,6 +30,34 @@ class Outcome:
     failure: Failure | None = None
     upstream_seconds: float | None = None
     attempts: int = 0
+
+    def answered_by_proxy(self, status: int) -> None:
+        """tunnelguard answered itself (no route, a refusal, the failure table, 499)."""
+        self.code = self.true_status = status
+        self.source = "proxy"
+
+    def judged(self, verdict: Verdict, delivered: int) -> None:
+        """A rule matched: delivered `delivered`, truly `verdict.status` (SPEC 8)."""
+        self.verdict = verdict
+        self.true_status = verdict.status
+        self.code = delivered
+        self.source = "flagged" if verdict.action == "flag" else "rewritten"
+
+
+@dataclass(slots=True)
+class Call:
+    """What every attempt of one forwarded request shares."""
+
+    request: web.BaseRequest
+    route: Route
+    runtime: Runtime  # the snapshot the request started with (SPEC 4.6)
+    trace_id: str
+    outcome: Outcome
+    headers: h.Headers  # as sent upstream
+    target: str  # the upstream request target
+    retry_safe: bool  # RFC 9110 9.2.2, or an Idempotency-Key
+    body: RequestBody = field(default_factory=lambda: RequestBody(None))
+    on_continue: Callable[[], Awaitable[None]] | None = None  # Expect: 100-continue
 
 
 @dataclass(slots=True)
@@ -61,6 +95,13 @@ class Plan:
     def discard(self) -> None:
         if self.resp is not None:
             release(self.resp)
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Done with it (delivered, or given up): its connection is released."""
+        self.discard()
 
 
 def release(resp: Response) -> None:

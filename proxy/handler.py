@@ -1,14 +1,15 @@
-"""The life of one proxied request, top to bottom.
+"""The life of one proxied request, top to bottom (`Proxy._handle`, then `_forward`).
 
-route -> admit (breaker, concurrency) -> forward (headers cleaned, body streamed or kept
-for replay) -> on failure map through the table -> inspect or stream -> evaluate rules
--> retry when policy and budget allow -> rewrite or flag -> count -> respond.
+route -> clean the headers -> keep the body for a replay (or stream it) -> admit (breaker,
+concurrency) -> attempt: send, then stream the answer or judge its body (`rules.decide`),
+a failure mapped through THE table -> retry when policy and budget allow -> deliver
+(relayed, rewritten or flagged, or a problem body) -> record (one metrics sample, one
+access-log line).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 
@@ -18,29 +19,29 @@ from yarl import URL
 from proxy import websocket as ws
 from proxy.downstream import writers
 from proxy.downstream.server import refused_status
-from proxy.exchange import Outcome, Plan, release
+from proxy.exchange import Call, Outcome, Plan, release
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
+from proxy.observe.record import Recorder, RequestEnded
 from proxy.rules import inspection as ins
+from proxy.rules.decide import decide
 from proxy.rules.snapshot import Route, Runtime
-from proxy.rules.verdict import Delivery, apply_verdict
+from proxy.rules.verdict import Delivery
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import (
     FAILURE_KINDS,
     OVERLOADED,
     PROTOCOL_ERROR,
-    REFUSED_BY_BREAKER,
     Failure,
     UpstreamFailure,
     is_retry_safe,
 )
 from proxy.upstream.forward import RequestBody, malformed_head, send, target_url
-from proxy.upstream.guards import REPLAY_LIMIT, UpstreamGuard, backoff_delay
+from proxy.upstream.guards import REPLAY_LIMIT, Admission, UpstreamGuard, backoff_delay
 from proxy.upstream.pool import Pool
 from proxy.wire import headers as h
 from proxy.wire.trace import trace_context
 
-_PID = os.getpid()  # which worker served it (with --workers N)
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -60,7 +61,7 @@ class Proxy:
         self._session = session  # WebSocket handshakes only
         self._pool = pool or Pool()  # every other request
         self._metrics = metrics
-        self._log = log
+        self._recorder = Recorder(metrics, log)
         self._guards: dict[str, UpstreamGuard] = {}
         self._draining = asyncio.Event()  # see `closing`
         self.active = 0  # requests being handled now (drain waits for them)
@@ -108,7 +109,10 @@ class Proxy:
         finally:
             self.active -= 1
 
+    # -- the request's story ---------------------------------------------------------------
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route it, forward it (in flight meanwhile), and record how it ended."""
         started = time.perf_counter()
         runtime = self._runtime()  # this request keeps this snapshot, even across a reload
         incoming = request.headers.getall("traceparent", ())
@@ -120,24 +124,22 @@ class Proxy:
             response = writers.problem(
                 404, "no_route", "no route matches this request", trace_id, closing=self.closing
             )
-            outcome.code = outcome.true_status = 404
-            outcome.source = "proxy"
-            self._finish(UNMATCHED_ROUTE, request, outcome, started, trace_id)
+            outcome.answered_by_proxy(404)
+            self._record(UNMATCHED_ROUTE, request, outcome, started, trace_id)
             return response
         gauge = self._metrics.in_flight_for(route.name)
         gauge.inc()
         try:
-            return await self._proxy(request, route, runtime, trace_id, traceparent, outcome)
+            return await self._forward(request, route, runtime, trace_id, traceparent, outcome)
         except asyncio.CancelledError:
             if not outcome.code:  # the server layer refused it, or the client hung up (499)
-                outcome.code = outcome.true_status = refused_status(request) or CLIENT_CLOSED
-                outcome.source = "proxy"
+                outcome.answered_by_proxy(refused_status(request) or CLIENT_CLOSED)
             raise
         finally:
             gauge.dec()
-            self._finish(route.name, request, outcome, started, trace_id)
+            self._record(route.name, request, outcome, started, trace_id)
 
-    async def _proxy(
+    async def _forward(
         self,
         request: web.BaseRequest,
         route: Route,
@@ -146,10 +148,53 @@ class Proxy:
         traceparent: str,
         outcome: Outcome,
     ) -> web.StreamResponse:
-        upstream = route.upstream
+        """Clean the headers, then attempt (admitted by the upstream's guards) until an
+        answer is deliverable or no retry is allowed, and deliver it."""
         guard = self.guard(route)
-        retry_safe = is_retry_safe(request.method, "idempotency-key" in request.headers)
-        out_headers = h.request_headers(
+        headers = self._upstream_headers(request, route, trace_id, traceparent)
+        if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
+            url = target_url(route.base_url, route.upstream_target(request.raw_path))
+            return await self._tunnel(request, route, guard, headers, url, trace_id, outcome)
+        call = Call(
+            request, route, runtime, trace_id, outcome, headers,
+            target=route.upstream_target(request.raw_path),
+            retry_safe=is_retry_safe(request.method, "idempotency-key" in request.headers),
+        )  # fmt: skip
+        await self._read_body(call)
+        guard.budget.record_request()
+        held: Plan | None = None  # a failed attempt kept until its retry is admitted
+        retry_reason = ""
+        while True:
+            admission = guard.admit()
+            if admission.refusal is not None:
+                if held is None:
+                    return self._refuse(admission, route, trace_id, outcome)
+                with held:  # the retry was refused: the last real outcome stands
+                    return await self._deliver(call, held)
+            if held is not None:
+                self._metrics.retries.labels(route.upstream.name, retry_reason).inc()
+                held.discard()
+                held = None
+            with admission:
+                plan = await self._attempt(call)
+                admission.record(failed=plan.true_status >= 500)
+                retry = self._retry(call, plan, guard)
+                if retry is None:
+                    with plan:
+                        return await self._deliver(call, plan)
+            held, (retry_reason, delay) = plan, retry
+            try:
+                await asyncio.sleep(delay)  # backoff (SPEC 6.3)
+            except BaseException:
+                held.discard()
+                raise
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, route: Route, trace_id: str, traceparent: str
+    ) -> h.Headers:
+        """The request headers as the upstream gets them (SPEC 7), with the trace context
+        (SPEC 6.2) and the upstream URL's credentials when the client sent none."""
+        headers = h.request_headers(
             request.raw_headers,
             client_ip=request.remote,
             scheme=request.scheme,
@@ -158,104 +203,58 @@ class Proxy:
             new_trace=trace_id not in request.headers.get("traceparent", ""),
         )
         if route.authorization is not None and hdrs.AUTHORIZATION not in request.headers:
-            out_headers.append(("Authorization", route.authorization))
-        target = route.upstream_target(request.raw_path)
-        if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
-            url = target_url(route.base_url, target)
-            return await self._tunnel(request, route, guard, out_headers, url, trace_id, outcome)
-        body = RequestBody(None)
-        on_continue = None
-        if request.body_exists:
-            if writers.expects_continue(request):  # end to end: the upstream decides (SPEC 7)
-                body = RequestBody(None, request.content, length=request.content_length)
-                on_continue = writers.Continue(request)
+            headers.append(("Authorization", route.authorization))
+        return headers
+
+    async def _read_body(self, call: Call) -> None:
+        """Keep a small body for a replay (SPEC 6.3), or stream it; with `Expect:
+        100-continue` the upstream decides whether the client sends it (SPEC 7)."""
+        request = call.request
+        if not request.body_exists:
+            return
+        if writers.expects_continue(request):
+            call.body = RequestBody(None, request.content, length=request.content_length)
+            call.on_continue = writers.Continue(request)
+        else:
+            call.body = await RequestBody.read(
+                request.content, request.content_length, REPLAY_LIMIT
+            )
+
+    async def _attempt(self, call: Call) -> Plan:
+        """One try: send, wait for the response head, then stream or judge it."""
+        call.outcome.attempts += 1
+        route = call.route
+        upstream = route.upstream
+        try:
+            sent = await send(
+                self._pool, upstream, call.request.method, route.base_url, call.target,
+                call.headers, call.body, call.on_continue,
+            )  # fmt: skip
+        except UpstreamFailure as failed:
+            plan = Plan(failure=failed.failure)
+        else:
+            call.outcome.upstream_seconds = sent.head_seconds
+            self._metrics.observe_upstream(route.name, upstream.name, sent.head_seconds)
+            if malformed_head(sent.response):
+                release(sent.response)
+                plan = Plan(failure=PROTOCOL_ERROR)
             else:
-                body = await RequestBody.read(request.content, request.content_length, REPLAY_LIMIT)
-        guard.budget.record_request()
-        held: Plan | None = None  # a failed attempt kept until its retry is admitted
-        retry_reason = ""
-        while True:
-            refusal, wait, probe = self._admit(guard)
-            if refusal is not None:
-                if held is not None:  # the retry was refused: the last real outcome stands
-                    try:
-                        return await self._deliver(
-                            request, route, held, retry_safe, trace_id, outcome
-                        )
-                    finally:
-                        held.discard()
-                return self._refuse(refusal, route, trace_id, outcome, wait)
-            if held is not None:
-                self._metrics.retries.labels(upstream.name, retry_reason).inc()
-                held.discard()
-                held = None
-            outcome.attempts += 1
-            guard.in_flight += 1
-            plan: Plan | None = None
-            try:
-                try:
-                    attempt = await send(
-                        self._pool, upstream, request.method, route.base_url, target,
-                        out_headers, body, on_continue,
-                    )  # fmt: skip
-                except UpstreamFailure as failed:
-                    plan = Plan(failure=failed.failure)
-                else:
-                    outcome.upstream_seconds = attempt.head_seconds
-                    self._metrics.observe_upstream(route.name, upstream.name, attempt.head_seconds)
-                    if malformed_head(attempt.response):
-                        release(attempt.response)
-                        plan = Plan(failure=PROTOCOL_ERROR)
-                    else:
-                        plan = await self._inspect(
-                            request, route, runtime, attempt.response, trace_id
-                        )
-                if plan.failure is not None:
-                    self._metrics.upstream_failures.labels(upstream.name, plan.failure.kind).inc()
-                if guard.breaker is not None:
-                    guard.breaker.record(plan.true_status >= 500, probe)
-                    probe = False
-                reason = self._retry_reason(plan, guard, retry_safe, body, outcome.attempts)
-                delay = None
-                if reason is not None:
-                    delay = backoff_delay(upstream.retry, outcome.attempts, plan.retry_after())
-                if delay is None or not guard.budget.try_spend():
-                    return await self._deliver(request, route, plan, retry_safe, trace_id, outcome)
-                held, plan, retry_reason = plan, None, str(reason)
-            finally:
-                guard.in_flight -= 1
-                if probe and guard.breaker is not None:
-                    guard.breaker.release_probe()
-                if plan is not None:
-                    plan.discard()
-            try:
-                await asyncio.sleep(delay)
-            except BaseException:
-                held.discard()
-                raise
+                plan = await self._inspect(call, sent.response)
+        if plan.failure is not None:
+            self._metrics.upstream_failures.labels(upstream.name, plan.failure.kind).inc()
+        return plan
 
-    # -- admission and retries -------------------------------------------------------------
-
-    def _admit(self, guard: UpstreamGuard) -> tuple[Failure | None, int, bool]:
-        """(refusal or None, Retry-After for it, whether the admitted request is the
-        breaker's half-open probe)."""
-        probe = False
-        if guard.breaker is not None:
-            admitted, probe, wait = guard.breaker.admit()
-            if not admitted:
-                return REFUSED_BY_BREAKER, wait, False
-        if guard.full():
-            if probe and guard.breaker is not None:
-                guard.breaker.release_probe()
-            return OVERLOADED, 1, False
-        return None, 0, probe
-
-    def _refuse(
-        self, refusal: Failure, route: Route, trace_id: str, outcome: Outcome, wait: int
-    ) -> web.StreamResponse:
-        """503 before anything was sent: always retryable, always with Retry-After."""
-        self._metrics.upstream_failures.labels(route.upstream.name, refusal.kind).inc()
-        return self._failure(refusal, route, True, trace_id, outcome, wait)
+    def _retry(self, call: Call, plan: Plan, guard: UpstreamGuard) -> tuple[str, float] | None:
+        """(why, after how many seconds) when this attempt is retried, else None: the
+        policy must allow it and the retry budget pay for it (SPEC 6.3)."""
+        reason = self._retry_reason(plan, guard, call.retry_safe, call.body, call.outcome.attempts)
+        if reason is None:
+            return None
+        policy = guard.config.retry
+        delay = backoff_delay(policy, call.outcome.attempts, plan.retry_after())
+        if delay is None or not guard.budget.try_spend():
+            return None
+        return reason, delay
 
     def _retry_reason(
         self,
@@ -284,6 +283,15 @@ class Proxy:
             return None
         return reason if reason in policy.on else None
 
+    def _refuse(
+        self, admission: Admission, route: Route, trace_id: str, outcome: Outcome
+    ) -> web.StreamResponse:
+        """503 before anything was sent (breaker open, concurrency limit): always
+        retryable, always with Retry-After."""
+        refusal = admission.refusal or OVERLOADED
+        self._metrics.upstream_failures.labels(route.upstream.name, refusal.kind).inc()
+        return self._failure(refusal, route, True, trace_id, outcome, admission.retry_after)
+
     # -- WebSocket tunnels -----------------------------------------------------------------
 
     async def _tunnel(
@@ -302,36 +310,26 @@ class Proxy:
         101 with class 1xx when it ends; in flight while open."""
         protocols = ws.offered_protocols(request)
         if not ws.well_formed(request, protocols):
-            outcome.code = outcome.true_status = 400
-            outcome.source = "proxy"
+            outcome.answered_by_proxy(400)
             detail = "malformed WebSocket handshake (RFC 6455 4.2.1)"
             return writers.problem(
                 400, "bad_websocket_handshake", detail, trace_id, closing=self.closing
             )
-        refusal, wait, probe = self._admit(guard)
-        if refusal is not None:
-            return self._refuse(refusal, route, trace_id, outcome, wait)
+        admission = guard.admit()
+        if admission.refusal is not None:
+            return self._refuse(admission, route, trace_id, outcome)
         upstream = route.upstream
         fallback = route.fallback_retry_after
         outcome.attempts = 1
-        guard.in_flight += 1
-        try:
+        with admission:
             try:
                 shake = await ws.connect(self._session, upstream, url, headers, protocols)
             except UpstreamFailure as failed:
                 self._metrics.upstream_failures.labels(upstream.name, failed.failure.kind).inc()
-                if guard.breaker is not None:
-                    guard.breaker.record(True, probe)
-                    probe = False
+                admission.record(failed=True)
                 # a GET: always safe to retry, so always with Retry-After
                 return self._failure(failed.failure, route, True, trace_id, outcome, fallback)
-            if guard.breaker is not None:
-                guard.breaker.record(shake.status >= 500, probe)
-                probe = False
-        finally:
-            guard.in_flight -= 1
-            if probe and guard.breaker is not None:
-                guard.breaker.release_probe()
+            admission.record(failed=shake.status >= 500)
         outcome.upstream_seconds = shake.seconds
         self._metrics.observe_upstream(route.name, upstream.name, shake.seconds)
         outcome.code = outcome.true_status = shake.status
@@ -340,21 +338,14 @@ class Proxy:
             return writers.buffered(refused, b"", fallback, self.closing)
         return await ws.relay(request, shake, self._draining)
 
-    # -- inspecting and delivering ---------------------------------------------------------
+    # -- judging and delivering ------------------------------------------------------------
 
-    async def _inspect(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        runtime: Runtime,
-        resp: Response,
-        trace_id: str,
-    ) -> Plan:
+    async def _inspect(self, call: Call, resp: Response) -> Plan:
         """Decide what to do with a response head: stream it, or buffer and judge it."""
-        status = resp.status
+        route = call.route
         plan = Plan(resp=resp, headers=h.response_headers(resp.raw_headers))
-        policy = runtime.inspect
-        if not route.rules or not policy.wants_status(request.method, status):
+        policy = call.runtime.inspect
+        if not route.rules or not policy.wants_status(call.request.method, resp.status):
             return plan
         mtype = ins.media_type(resp.header(b"content-type"))
         codings = ins.encodings(resp.header(b"content-encoding"))
@@ -372,41 +363,34 @@ class Proxy:
             plan.already = chunks
             return plan
         plan.raw = b"".join(chunks)
-        examined = ins.examine(route.rules, policy, plan.raw, mtype, codings)
-        self._metrics.count_inspection(route.name, examined.result)
-        verdict = examined.verdict
+        decision = decide(
+            route.rules, policy, resp.status, plan.headers, plan.raw, mtype, codings,
+            fallback_retry_after=route.fallback_retry_after, trace_id=call.trace_id,
+        )  # fmt: skip
+        self._metrics.count_inspection(route.name, decision.result)
+        verdict = decision.verdict
         if verdict is not None:
             self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
             plan.verdict = verdict
-            plan.delivery = apply_verdict(
-                verdict,
-                status,
-                plan.headers,
-                decoded_json=examined.decoded,
-                fallback_retry_after=route.fallback_retry_after,
-                trace_id=trace_id,
-            )
+            plan.delivery = decision.delivery
         return plan
 
-    async def _deliver(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        plan: Plan,
-        retry_safe: bool,
-        trace_id: str,
-        outcome: Outcome,
-    ) -> web.StreamResponse:
+    async def _deliver(self, call: Call, plan: Plan) -> web.StreamResponse:
+        """Answer the client: from the failure table, relayed as it arrives, or buffered
+        (rewritten or flagged when a rule matched)."""
+        route, outcome = call.route, call.outcome
         if plan.failure is not None or plan.resp is None:
             failure = plan.failure or PROTOCOL_ERROR
-            retry_after = route.fallback_retry_after if retry_safe else None
-            return self._failure(failure, route, retry_safe, trace_id, outcome, retry_after)
+            retry_after = route.fallback_retry_after if call.retry_safe else None
+            return self._failure(
+                failure, route, call.retry_safe, call.trace_id, outcome, retry_after
+            )
         resp = plan.resp
         outcome.code = outcome.true_status = resp.status
         fallback = route.fallback_retry_after
         if plan.raw is None:
             response, broke = await writers.relay(
-                request, resp, plan.headers, plan.already, fallback, self.closing
+                call.request, resp, plan.headers, plan.already, fallback, self.closing
             )
             if broke is not None:  # after the head: the client connection was aborted
                 self._metrics.upstream_failures.labels(route.upstream.name, broke.kind).inc()
@@ -414,10 +398,7 @@ class Proxy:
             return response
         delivery = plan.delivery or Delivery(resp.status, plan.headers, None)
         if plan.verdict is not None:
-            outcome.verdict = plan.verdict
-            outcome.true_status = plan.verdict.status
-            outcome.code = delivery.status
-            outcome.source = "flagged" if plan.verdict.action == "flag" else "rewritten"
+            outcome.judged(plan.verdict, delivery.status)
         return writers.buffered(delivery, plan.raw, fallback, self.closing)
 
     def _failure(
@@ -430,8 +411,7 @@ class Proxy:
         retry_after: int | None,
     ) -> web.StreamResponse:
         """Answer from the failure table (SPEC 6.1) with a problem body (6.2)."""
-        outcome.code = outcome.true_status = failure.status
-        outcome.source = "proxy"
+        outcome.answered_by_proxy(failure.status)
         outcome.failure = failure
         detail = failure.title
         if failure.may_have_reached and not retry_safe:
@@ -445,7 +425,9 @@ class Proxy:
         response.headers["Proxy-Status"] = f"tunnelguard; error={failure.error}"
         return response
 
-    def _finish(
+    # -- recording -------------------------------------------------------------------------
+
+    def _record(
         self,
         route: str,
         request: web.BaseRequest,
@@ -453,30 +435,24 @@ class Proxy:
         started: float,
         trace_id: str,
     ) -> None:
-        """Count the request and write its access-log line (SPEC sections 8 and 9)."""
-        seconds = time.perf_counter() - started
+        """The one place a handled request is counted and logged (SPEC 8 and 9)."""
         code = outcome.code or 500
-        true_status = outcome.true_status or code
-        self._metrics.count_request(
-            route, request.method, code, true_status, outcome.source, seconds
-        )
-        if self._log is None:
-            return
         verdict = outcome.verdict
-        upstream = outcome.upstream_seconds
-        self._log.access(
-            route=route,
-            method=request.method,
-            path=request.raw_path.split("?", 1)[0],  # never the query string
-            code=code,
-            true_code=true_status,
-            source=outcome.source,
-            rule=verdict.rule if verdict else None,
-            action=verdict.action if verdict else None,
-            upstream_time=round(upstream, 6) if upstream is not None else None,
-            total_time=round(seconds, 6),
-            failure=outcome.failure.kind if outcome.failure else None,
-            attempts=outcome.attempts,
-            traceId=trace_id,
-            pid=_PID,
+        failure = outcome.failure
+        self._recorder.ended(
+            RequestEnded(
+                route=route,
+                method=request.method,
+                path=request.raw_path.split("?", 1)[0],  # never the query string
+                code=code,
+                true_code=outcome.true_status or code,
+                source=outcome.source,
+                total_seconds=time.perf_counter() - started,
+                trace_id=trace_id,
+                rule=verdict.rule if verdict else None,
+                action=verdict.action if verdict else None,
+                upstream_seconds=outcome.upstream_seconds,
+                failure=failure.kind if failure else None,
+                attempts=outcome.attempts,
+            )
         )

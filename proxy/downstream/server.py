@@ -15,7 +15,6 @@ like the handler would, under the route `(unmatched)`: it was refused before rou
 from __future__ import annotations
 
 import asyncio
-import os
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +30,7 @@ from proxy.downstream.listener import ConnectionGate
 from proxy.downstream.refusals import Refusal
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
+from proxy.observe.record import Recorder, RequestEnded
 from proxy.wire.deadline import Deadline
 from proxy.wire.trace import new_trace_id, trace_context
 
@@ -38,39 +38,30 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class Accounting:
-    """One requests_total sample and one access line for each request this layer
-    answers itself; the handler accounts for everything it handles."""
+    """One `RequestEnded` (its requests_total sample and access line) for each request
+    this layer answers itself; the handler records everything it handles."""
 
     def __init__(self, metrics: Metrics, log: Log | None) -> None:
-        self._metrics = metrics
+        self._recorder = Recorder(metrics, log)
         self._log = log
-        self._pid = os.getpid()
 
     def refused(
         self, refusal: Refusal, request: web.BaseRequest | None, trace_id: str, seconds: float
     ) -> None:
-        method = request.method if request is not None else "other"
         status = refusal.status
-        self._metrics.count_request(UNMATCHED_ROUTE, method, status, status, "proxy", seconds)
-        if self._log is None:
-            return
-        self._log.access(
-            route=UNMATCHED_ROUTE,
-            method=request.method if request is not None else None,
-            # never the query string; nothing at all of a request that did not parse
-            path=request.raw_path.split("?", 1)[0] if request is not None else None,
-            code=status,
-            true_code=status,
-            source="proxy",
-            rule=None,  # the handler's line's fields, so every access line has one shape
-            action=None,
-            upstream_time=None,
-            total_time=round(seconds, 6),
-            failure=None,
-            attempts=0,
-            error=refusal.error,
-            traceId=trace_id,
-            pid=self._pid,
+        self._recorder.ended(
+            RequestEnded(
+                route=UNMATCHED_ROUTE,
+                method=request.method if request is not None else None,
+                # never the query string; nothing at all of a request that did not parse
+                path=request.raw_path.split("?", 1)[0] if request is not None else None,
+                code=status,
+                true_code=status,
+                source="proxy",
+                total_seconds=seconds,
+                trace_id=trace_id,
+                error=refusal.error,
+            )
         )
 
     def failed(self, exc: BaseException | None) -> None:

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from proxy.config.model import Config, RuleTest, TestResponse
 from proxy.rules import inspection as ins
+from proxy.rules.decide import decide
 from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.rules.snapshot import Runtime, build
-from proxy.rules.verdict import apply_verdict, with_retry_after
+from proxy.rules.verdict import with_retry_after
 from proxy.wire import headers as h
 from proxy.wire.trace import new_trace_id
 
@@ -47,24 +48,19 @@ def simulate(
         reason = ins.SKIPPED_SIZE
     if reason is not None:
         return _passed(status, headers, reason, fallback_retry_after)
-    examined = ins.examine(rules, policy, response.body, mtype, codings)
-    verdict = examined.verdict
-    if verdict is None:
-        return _passed(status, headers, examined.result, fallback_retry_after)
-    delivery = apply_verdict(
-        verdict,
-        status,
-        headers,
-        decoded_json=examined.decoded,
-        fallback_retry_after=fallback_retry_after,
-        trace_id=new_trace_id(),
-    )
+    decision = decide(
+        rules, policy, status, headers, response.body, mtype, codings,
+        fallback_retry_after=fallback_retry_after, trace_id=new_trace_id(),
+    )  # fmt: skip
+    verdict, delivery = decision.verdict, decision.delivery
+    if verdict is None or delivery is None:
+        return _passed(status, headers, decision.result, fallback_retry_after)
     return Simulation(
         delivery.status,
         verdict.rule,
         verdict.action,
         with_retry_after(delivery.status, delivery.headers, fallback_retry_after),
-        examined.result,
+        decision.result,
         delivery.body,
     )
 

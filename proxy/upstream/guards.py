@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.config.model import BreakerPolicy, RetryPolicy, UpstreamConfig
+from proxy.upstream.failures import OVERLOADED, REFUSED_BY_BREAKER, Failure
 
 Clock = Callable[[], float]
 
@@ -191,3 +192,55 @@ class UpstreamGuard:
 
     def full(self) -> bool:
         return self.in_flight >= self.config.max_concurrency
+
+    def admit(self) -> Admission:
+        """Ask the breaker, then the concurrency limit, to let one attempt through."""
+        probe = False
+        breaker = self.breaker
+        if breaker is not None:
+            admitted, probe, wait = breaker.admit()
+            if not admitted:
+                return Admission(self, REFUSED_BY_BREAKER, wait)
+        if self.full():
+            if probe and breaker is not None:
+                breaker.release_probe()
+            return Admission(self, OVERLOADED, 1)
+        return Admission(self, None, 0, probe)
+
+
+class Admission:
+    """One attempt's hold on its upstream (SPEC 6.3), used as `with admission:` when it
+    was admitted (`refusal` None): counted in flight until the block ends; `record(failed)`
+    tells the breaker how the attempt went; a half-open probe that ends without a record
+    (the client left) is released, so another request can probe.
+
+    Refused: `refusal` is the failure-table row (breaker open, concurrency limit) and
+    `retry_after` the seconds to announce."""
+
+    __slots__ = ("_probe", "guard", "refusal", "retry_after")
+
+    def __init__(
+        self, guard: UpstreamGuard, refusal: Failure | None, retry_after: int, probe: bool = False
+    ) -> None:
+        self.guard = guard
+        self.refusal = refusal
+        self.retry_after = retry_after
+        self._probe = probe
+
+    def __enter__(self) -> Admission:
+        self.guard.in_flight += 1
+        return self
+
+    def record(self, failed: bool) -> None:
+        """The attempt's result for the breaker: `failed` is a true 5xx (SPEC 6.3)."""
+        breaker = self.guard.breaker
+        if breaker is not None:
+            breaker.record(failed, self._probe)
+            self._probe = False
+
+    def __exit__(self, *exc_info: object) -> None:
+        guard = self.guard
+        guard.in_flight -= 1
+        if self._probe and guard.breaker is not None:
+            guard.breaker.release_probe()
+            self._probe = False

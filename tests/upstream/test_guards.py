@@ -15,6 +15,7 @@ import random
 import pytest
 
 from proxy.config.model import BreakerPolicy, RetryPolicy, UpstreamConfig
+from proxy.upstream.failures import OVERLOADED, REFUSED_BY_BREAKER
 from proxy.upstream.guards import (
     BUDGET_FLOOR,
     BUDGET_WINDOW,
@@ -520,3 +521,68 @@ def test_guards_are_independent() -> None:
     assert second.breaker.state == CLOSED
     assert spend_all(first.budget) == 10
     assert spend_all(second.budget) == 10
+
+
+# -- Admission: one attempt's hold on its upstream --------------------------------------------
+
+
+def test_an_admitted_attempt_is_in_flight_for_its_block_only() -> None:
+    guard = UpstreamGuard.build(upstream(max_concurrency=1), FakeClock())
+    admission = guard.admit()
+    assert admission.refusal is None and admission.retry_after == 0
+    with admission:
+        assert guard.in_flight == 1
+        refused = guard.admit()  # the limit is reached while the first is in flight
+        assert refused.refusal is OVERLOADED and refused.retry_after == 1
+    assert guard.in_flight == 0
+    assert guard.admit().refusal is None
+
+
+def test_an_open_breaker_refuses_with_the_seconds_until_half_open() -> None:
+    clock = FakeClock(T0)
+    guard = UpstreamGuard.build(upstream(circuit_breaker=BREAKER), clock)
+    assert guard.breaker is not None
+    trip(guard.breaker)
+    clock.now = T0 + 18.5
+    refused = guard.admit()
+    assert refused.refusal is REFUSED_BY_BREAKER and refused.retry_after == 12
+    assert guard.in_flight == 0
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_recorded_probe_decides_the_breaker(failed: bool) -> None:
+    clock = FakeClock(T0)
+    guard = UpstreamGuard.build(upstream(circuit_breaker=BREAKER), clock)
+    breaker = guard.breaker
+    assert breaker is not None
+    trip(breaker)
+    clock.now = T0 + BREAKER.open_for
+    with guard.admit() as probe:
+        assert breaker.state == HALF_OPEN
+        assert guard.admit().refusal is REFUSED_BY_BREAKER  # one probe at a time
+        probe.record(failed=failed)
+    assert breaker.state == (OPEN if failed else CLOSED)
+
+
+def test_a_probe_that_ends_without_a_record_lets_another_probe() -> None:
+    clock = FakeClock(T0)
+    guard = UpstreamGuard.build(upstream(circuit_breaker=BREAKER), clock)
+    assert guard.breaker is not None
+    trip(guard.breaker)
+    clock.now = T0 + BREAKER.open_for
+    with pytest.raises(ConnectionError), guard.admit():
+        raise ConnectionError("the client left")
+    assert guard.in_flight == 0
+    assert guard.admit().refusal is None  # the next request is the probe
+
+
+def test_a_probe_refused_by_the_concurrency_limit_is_released() -> None:
+    clock = FakeClock(T0)
+    guard = UpstreamGuard.build(upstream(max_concurrency=1, circuit_breaker=BREAKER), clock)
+    assert guard.breaker is not None
+    trip(guard.breaker)
+    clock.now = T0 + BREAKER.open_for
+    guard.in_flight = 1  # e.g. a WebSocket handshake still in flight
+    assert guard.admit().refusal is OVERLOADED
+    guard.in_flight = 0
+    assert guard.admit().refusal is None  # the probe was not lost with the refusal

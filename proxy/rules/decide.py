@@ -1,0 +1,53 @@
+"""`decide`: one complete buffered body judged, pure: decoded, parsed, evaluated by the
+route's rules, and the verdict applied (SPEC 4.3, 5).
+
+The handler, `tunnelguard check` (`ruletests.simulate`) and `tunnelguard explain` all judge
+a body through it, so what a rule test asserts is what a client gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.rules.inspection import InspectPolicy, Ruleset, examine
+from proxy.rules.verdict import Delivery, Verdict, apply_verdict
+from proxy.wire import headers as h
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What became of one inspected body."""
+
+    result: str  # inspections_total{result}
+    verdict: Verdict | None = None  # the matching rule's, else None
+    delivery: Delivery | None = None  # the answer with the verdict applied, when one matched
+
+
+def decide(
+    rules: Ruleset,
+    policy: InspectPolicy,
+    status: int,
+    headers: h.Headers,
+    raw: bytes,
+    mtype: str,
+    codings: tuple[str, ...],
+    *,
+    fallback_retry_after: int,
+    trace_id: str,
+) -> Decision:
+    """Judge `raw`, the complete body of a response with `status` and `headers` (already
+    filtered for the client).  Never raises on bad input: undecodable or invalid bodies
+    are a `result`, not an error."""
+    examined = examine(rules, policy, raw, mtype, codings)
+    verdict = examined.verdict
+    if verdict is None:
+        return Decision(examined.result)
+    delivery = apply_verdict(
+        verdict,
+        status,
+        headers,
+        decoded_json=examined.decoded,
+        fallback_retry_after=fallback_retry_after,
+        trace_id=trace_id,
+    )
+    return Decision(examined.result, verdict, delivery)
