@@ -7,6 +7,11 @@ unbuffered (PYTHONUNBUFFERED=1), where every write to stdout is a system call, a
 formatting a batch in one loop costs less than a line at a time between requests.  Every
 other event (startup, reload, drain, shutdown) is written at once, after the access lines
 before it, so nothing is left behind when the process stops cleanly.
+
+Fast path (cached time-stamp prefix per second, a millisecond table, orjson bytes spliced
+in).  The plain rule, one `json.dumps` of the fields with an ISO time, is what
+tests/observe/test_logs.py (`test_json_lines_carry_the_millisecond_and_every_field_once`,
+`test_time_stamps_are_consistent`) holds each line to.
 """
 
 from __future__ import annotations

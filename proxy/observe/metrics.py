@@ -13,6 +13,10 @@ request.  A worker of `--workers N`, whose samples the master reads from shared 
 flushes at the end of the event-loop iteration (`flush_delay=0`): its samples are in the
 files before another request could read them, and a killed worker loses nothing it
 answered in an earlier iteration.
+
+Fast path (samples summed in dicts, written per batch).  The plain rule is
+`observe()`/`inc()` one sample at a time on a fresh registry:
+tests/observe/test_metrics.py::test_a_batch_reads_as_every_sample_observed_one_by_one.
 """
 
 from __future__ import annotations

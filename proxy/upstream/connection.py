@@ -14,6 +14,11 @@ module's exceptions, which `failures.failure_of` maps onto the failure table:
 
 A connection goes back to its pool only after a response that ended cleanly with
 keep-alive; one whose response was abandoned, timed out, or answered a HEAD is closed.
+
+Fast path (llhttp callbacks, the four looked-up header values kept as they arrive).  The
+plain rule is RFC 9112 framing as llhttp parses it: tests/upstream/test_connection.py holds
+the head limits at the protocol level; tests/upstream/test_failures.py and
+tests/system/test_fuzz.py hold every malformed, split or cut response to the failure table.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 Header lists are `list[tuple[str, str]]` in wire order so that repeated headers
 (`Set-Cookie`, `Via`) keep their order; names are compared case-insensitively.
+
+Fast path (issue 9: each name classified once and remembered, one pass over the raw
+bytes).  The plain rule it implements is `_reference_request` in tests/wire/test_headers.py,
+compared with it over every rotation and prefix of a pool of awkward lines; the response side
+is held to the tables there.
 """
 
 from __future__ import annotations
