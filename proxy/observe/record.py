@@ -48,25 +48,23 @@ class Recorder:
         self._metrics.count_request(
             r.route, r.method or "other", r.code, r.true_code, r.source, r.total_seconds
         )
-        if self._log is None:
+        log = self._log
+        if log is None:
             return
         upstream = r.upstream_seconds
-        fields: dict[str, object] = {
-            "route": r.route,
-            "method": r.method,
-            "path": r.path,
-            "code": r.code,
-            "true_code": r.true_code,
-            "source": r.source,
-            "rule": r.rule,
-            "action": r.action,
-            "upstream_time": round(upstream, 6) if upstream is not None else None,
-            "total_time": round(r.total_seconds, 6),
-            "failure": r.failure,
-            "attempts": r.attempts,
-        }
-        if r.error is not None:
-            fields["error"] = r.error
-        fields["traceId"] = r.trace_id
-        fields["pid"] = self._pid
-        self._log.access(**fields)
+        if r.error is None:  # the handler's lines have no `error`
+            log.access(
+                route=r.route, method=r.method, path=r.path, code=r.code,
+                true_code=r.true_code, source=r.source, rule=r.rule, action=r.action,
+                upstream_time=round(upstream, 6) if upstream is not None else None,
+                total_time=round(r.total_seconds, 6), failure=r.failure,
+                attempts=r.attempts, traceId=r.trace_id, pid=self._pid,
+            )  # fmt: skip
+            return
+        log.access(
+            route=r.route, method=r.method, path=r.path, code=r.code, true_code=r.true_code,
+            source=r.source, rule=r.rule, action=r.action,
+            upstream_time=round(upstream, 6) if upstream is not None else None,
+            total_time=round(r.total_seconds, 6), failure=r.failure, attempts=r.attempts,
+            error=r.error, traceId=r.trace_id, pid=self._pid,
+        )  # fmt: skip
