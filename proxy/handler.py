@@ -40,7 +40,7 @@ from proxy.upstream.forward import RequestBody, malformed_head, send, target_url
 from proxy.upstream.guards import REPLAY_LIMIT, Admission, UpstreamGuard, backoff_delay
 from proxy.upstream.pool import Pool
 from proxy.wire import headers as h
-from proxy.wire.trace import trace_context
+from proxy.wire.tracecontext import trace_context
 
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})

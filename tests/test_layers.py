@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,36 @@ def test_an_upward_import_and_a_cycle_are_found(tmp_path: Path) -> None:
         "rules imports proxy.upstream.pool"
     ]
     assert any({"proxy.wire.headers", "proxy.wire.problem"} <= set(c) for c in planted.cycles())
+
+
+# Public names defined in more than one module, each pair meaning the same thing.
+SHARED_NAMES = {
+    "checked_version": "the library version a compat shim was checked against",
+    "endpoint": "pool.endpoint() builds a connection.Endpoint",
+    "flush_delay": "how long batched output may wait (metrics, log)",
+    "relay": "copy an upstream's answer to the client (a body; WebSocket messages)",
+}
+
+
+def test_no_two_public_names_mean_different_things(package: Package) -> None:
+    """Issue 16: a name says one thing (three `classify`s and three `Attempt`s did not)."""
+    where: dict[str, list[str]] = {}
+    for module, path in package.modules.items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names: list[str] = []
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            for name in names:
+                if not name.startswith("_"):
+                    where.setdefault(name.lower(), []).append(module)
+    repeated = {n: ms for n, ms in where.items() if len(ms) > 1 and n not in SHARED_NAMES}
+    assert not repeated, f"public names defined twice: {repeated}"
+
+
+def test_no_module_shadows_the_standard_library(package: Package) -> None:
+    shadowing = [m for m in package.modules if m.rpartition(".")[2] in sys.stdlib_module_names]
+    assert not shadowing, shadowing

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class ConfigProblem:
     """One thing wrong with a config file, with its position when known."""
 
     file: str
@@ -31,6 +31,6 @@ class Problem:
 class ConfigError(Exception):
     """A config that cannot be used; `problems` lists every error found."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[ConfigProblem]) -> None:
         super().__init__("\n".join(p.render() for p in problems))
         self.problems = tuple(problems)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.config.errors import ConfigError, Problem
+from proxy.config.errors import ConfigError, ConfigProblem
 from proxy.config.model import Config
 from proxy.config.parse import parse_document
 from proxy.config.walker import render_path
@@ -27,7 +27,7 @@ def parse_text(text: str, file: str = "<config>", upstream_url: str | None = Non
     except YamlError as exc:
         line = exc.mark.line if exc.mark else None
         col = exc.mark.col if exc.mark else None
-        problem = Problem(file, line, col, render_path(exc.path), exc.message)
+        problem = ConfigProblem(file, line, col, render_path(exc.path), exc.message)
         raise ConfigError([problem]) from None
     return parse_document(source, upstream_url)
 
@@ -39,7 +39,9 @@ def load_file(path: str | Path, upstream_url: str | None = None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([Problem(name, None, None, "", f"cannot read file: {reason}")]) from None
+        raise ConfigError(
+            [ConfigProblem(name, None, None, "", f"cannot read file: {reason}")]
+        ) from None
     return parse_text(text, name, upstream_url)
 
 

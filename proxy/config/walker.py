@@ -1,8 +1,8 @@
 """Reading YAML values strictly: the walker that records every problem with its path.
 
 `Walker` checks one value at a time (a mapping's keys, a name, a duration, a size, a
-status, a listen address, ...) and, on a bad value, records a `Problem` (file, line, YAML path) and
-returns `BAD`, so the section parsers (`parse`, `parse_rules`) substitute the default
+status, a listen address, ...) and, on a bad value, records a `ConfigProblem` (file, line,
+YAML path) and returns `BAD`, so the section parsers (`parse`, `parse_rules`) substitute the default
 and go on: every error of a document is reported in one pass.
 """
 
@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from proxy.config.errors import Problem
+from proxy.config.errors import ConfigProblem
 from proxy.config.model import Listen
 from proxy.config.yamlsrc import Path, Source
 from proxy.wire.pointer import PointerError, compile_pointer
@@ -41,14 +41,14 @@ def render_path(path: Path) -> str:
 class Walker:
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.problems: list[Problem] = []
+        self.problems: list[ConfigProblem] = []
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, path: Path, message: str, *, at_key: bool = False) -> None:
         mark = self.source.key_marks.get(path) if at_key else None
         mark = mark or self.source.mark(path)
         line, col = (mark.line, mark.col) if mark else (1, 1)  # no marks: an empty document
-        self.problems.append(Problem(self.source.file, line, col, render_path(path), message))
+        self.problems.append(ConfigProblem(self.source.file, line, col, render_path(path), message))
 
     # -- shapes ----------------------------------------------------------------------------
     def mapping(

@@ -32,7 +32,7 @@ from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.observe.record import Recorder, RequestEnded
 from proxy.wire.deadline import Deadline
-from proxy.wire.trace import new_trace_id, trace_context
+from proxy.wire.tracecontext import new_trace_id, trace_context
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.rules.inspection import InspectPolicy, Ruleset, examine
+from proxy.rules.inspection import InspectPolicy, examine
+from proxy.rules.ruleset import RuleSet
 from proxy.rules.verdict import Delivery, Verdict, apply_verdict
 from proxy.wire import headers as h
 
@@ -24,7 +25,7 @@ class Decision:
 
 
 def decide(
-    rules: Ruleset,
+    rules: RuleSet,
     policy: InspectPolicy,
     status: int,
     headers: h.Headers,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Protocol
 
 import brotli
 import orjson
 import zstandard
 
 from proxy.config.model import InspectConfig
+from proxy.rules.ruleset import RuleSet
 from proxy.rules.verdict import Verdict
 
 # inspections_total{result} values (SPEC section 8)
@@ -226,10 +226,6 @@ def strip_bom(data: bytes) -> bytes:
     return data[3:] if data.startswith(_BOM) else data
 
 
-class Ruleset(Protocol):
-    def evaluate(self, doc: object, media_type: str) -> Verdict | None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Examined:
     """The result of inspecting one complete buffered body."""
@@ -240,7 +236,7 @@ class Examined:
 
 
 def examine(
-    rules: Ruleset, policy: InspectPolicy, raw: bytes, mtype: str, codings: tuple[str, ...]
+    rules: RuleSet, policy: InspectPolicy, raw: bytes, mtype: str, codings: tuple[str, ...]
 ) -> Examined:
     """Decode, parse and evaluate a buffered body.  Pure; never raises on bad input.
 

@@ -12,7 +12,7 @@ from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.rules.snapshot import Runtime, build
 from proxy.rules.verdict import with_retry_after
 from proxy.wire import headers as h
-from proxy.wire.trace import new_trace_id
+from proxy.wire.tracecontext import new_trace_id
 
 
 @dataclass(frozen=True, slots=True)

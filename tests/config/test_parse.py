@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config.errors import ConfigError, Problem
+from proxy.config.errors import ConfigError, ConfigProblem
 from proxy.config.load import load_default, load_file, parse_text
 from proxy.config.model import (
     AllOf,
@@ -98,7 +98,7 @@ def doc(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
-def problems(text: str, **kwargs: str) -> list[Problem]:
+def problems(text: str, **kwargs: str) -> list[ConfigProblem]:
     with pytest.raises(ConfigError) as info:
         parse_text(text, FILE, **kwargs)
     found = list(info.value.problems)
@@ -536,8 +536,8 @@ def test_load_file_reads_and_names_the_file(tmp_path: Path) -> None:
 
 
 def test_problem_render() -> None:
-    assert Problem("f", 3, 7, "a.b[0]", "bad").render() == "f:3:7: a.b[0]: bad"
-    assert Problem("f", None, None, "", "bad").render() == "f: (document): bad"
+    assert ConfigProblem("f", 3, 7, "a.b[0]", "bad").render() == "f:3:7: a.b[0]: bad"
+    assert ConfigProblem("f", None, None, "", "bad").render() == "f: (document): bad"
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from proxy.config.errors import ConfigError, Problem
+from proxy.config.errors import ConfigError, ConfigProblem
 from proxy.config.load import parse_text
 from proxy.config.parse import parse_document
 from proxy.config.yamlsrc import Source, YamlError, load
@@ -91,7 +91,7 @@ CONFIGS = [b for b in BLOCKS if b.is_config]
 FRAGMENTS = [b for b in BLOCKS if not b.is_config]
 
 
-def _where(block: Block, problems: tuple[Problem, ...]) -> str:
+def _where(block: Block, problems: tuple[ConfigProblem, ...]) -> str:
     """Problems with their line in the Markdown file, not in the block."""
     lines = []
     for p in problems:

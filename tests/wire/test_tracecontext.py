@@ -1,4 +1,4 @@
-"""Tables for proxy.wire.trace: W3C trace context (SPEC 6.2's traceId)."""
+"""Tables for proxy.wire.tracecontext: W3C trace context (SPEC 6.2's traceId)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from proxy.wire.trace import new_trace_id, trace_context
+from proxy.wire.tracecontext import new_trace_id, trace_context
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
