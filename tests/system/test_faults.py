@@ -542,7 +542,11 @@ async def _nothing_lost(
         )
     problems += upstream.anomalies
 
-    # The access log: exactly one line per request, with the code the client saw.
+    # The access log: exactly one line per request, with the code the client saw.  A line is
+    # written when its handler ends, up to 100 ms later (batched), and a client that saw an
+    # abort may be ahead of the handler: wait (bounded) until every request has its line.
+    expected = {sent.trace_id for sent in plan}
+    await _poll(lambda: expected <= {str(r["traceId"]) for r in proxy.records()}, 5.0, 0.1)
     logged = Counter(str(r["traceId"]) for r in proxy.records())
     codes = {str(r["traceId"]): r["code"] for r in proxy.records()}
     for sent in plan:
