@@ -226,3 +226,22 @@ def test_no_two_public_names_mean_different_things(package: Package) -> None:
 def test_no_module_shadows_the_standard_library(package: Package) -> None:
     shadowing = [m for m in package.modules if m.rpartition(".")[2] in sys.stdlib_module_names]
     assert not shadowing, shadowing
+
+
+def test_every_module_has_its_mirror_or_says_where_it_is_covered(package: Package) -> None:
+    """tests/<layer>/test_<module>.py, or the layer's tests/<layer>/__init__.py names the
+    module (in backquotes) and the file that covers it."""
+    tests = PACKAGE.parent / "tests"
+    missing = []
+    for module, path in package.modules.items():
+        parts = module.split(".")
+        if path.name == "__init__.py" or len(parts) == 1:
+            continue
+        folder = tests.joinpath(*parts[1:-1])
+        name = "main" if parts[-1] == "__main__" else parts[-1]
+        if (folder / f"test_{name}.py").exists():
+            continue
+        said = (folder / "__init__.py").read_text(encoding="utf-8")
+        if f"`{name}`" not in said:
+            missing.append(module)
+    assert not missing, f"modules with no test file and no word on where they are tested: {missing}"
