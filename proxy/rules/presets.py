@@ -181,6 +181,18 @@ GRAPHQL_STATUS: Final[Mapping[str, int]] = MappingProxyType(
 )
 
 
+GRAPHQL_RESPONSE_KEYS: Final = frozenset({"data", "errors", "extensions"})
+
+
+def graphql_foreign_key(doc: dict[str, object]) -> str | None:
+    """The first top-level key a GraphQL response cannot have, or None when every key is
+    among `data`, `errors` and `extensions`."""
+    for key in doc:
+        if key not in GRAPHQL_RESPONSE_KEYS:
+            return key
+    return None
+
+
 def _graphql_code(error: object) -> str | None:
     """`extensions.code` when it is a string, else `type` when it is a string."""
     if not isinstance(error, dict):
@@ -201,6 +213,9 @@ class GraphQLPreset:
     Only an `application/graphql-response+json` reply without `data` (absent or null) is
     rewritten.  Legacy `application/json` replies and partial results (non-null `data`) are
     flagged only: GraphQL-over-HTTP clients expect a 200 there, and rewriting would break them.
+    A legacy reply is read as GraphQL only when its top-level keys are among `data`, `errors`
+    and `extensions` (GraphQL spec, "Response Format"): `{"id": 42, "state": "completed",
+    "errors": [...]}` is a batch import's result, not GraphQL.
     The status comes from `errors[0]`; an `errors[0]` that is not an object is a 502.
     """
 
@@ -212,6 +227,8 @@ class GraphQLPreset:
         errors = doc.get("errors")
         if not isinstance(errors, list) or not errors:
             return None
+        if media_type != GRAPHQL_RESPONSE_JSON and graphql_foreign_key(doc) is not None:
+            return None  # a legacy body not shaped like a GraphQL response (SPEC 4.4)
         first = errors[0]
         code = _graphql_code(first)
         status = FALLBACK_STATUS if code is None else GRAPHQL_STATUS.get(code, FALLBACK_STATUS)
@@ -278,8 +295,41 @@ class JsonRpcPreset:
 # --- error-envelope -----------------------------------------------------------------------
 
 ENVELOPE_STATUSES: Final = frozenset({"error", "fail", "failure"})
+# A resource that describes a failure (SPEC 3, 4.4) carries, beside its error marker, its
+# own identity or its lifecycle: the client asked about an operation, a job or a delivery and
+# got it.  Request identifiers of an error envelope (request_id, trace_id, ...) are not here.
+RESOURCE_IDENTITY_KEYS: Final = frozenset({"id", "uid", "uuid", "sid", "object", "arn"})
+RESOURCE_IDENTITY_SUFFIXES: Final = ("Arn", "_arn")
+LIFECYCLE_KEYS: Final = frozenset(
+    {
+        "done",  # Google AIP-151 operations (SPEC 4.4)
+        "conclusion",  # CI runs (SPEC 4.4)
+        # Beyond SPEC 4.4's list, decided with the corpus (docs/presets.md, "What is not a
+        # tunnelled error"): operation records that name themselves only by a `name`, an
+        # `operationId` or not at all still carry their own lifecycle.
+        "completed",  # Elasticsearch task API
+        "createTime",
+        "startTime",
+        "endTime",
+        "updateTime",  # Google resources (AIP-148)
+        "createdDateTime",
+        "lastUpdatedDateTime",  # Azure long-running operations
+    }
+)
 _ERROR_FIELDS: Final = ("message", "info", "code")
 _TOP_FIELDS: Final = ("message", "error_message")
+
+
+def resource_key(doc: dict[str, object]) -> tuple[str, str] | None:
+    """(the first top-level key that makes `doc` a resource, "resource identity" or
+    "lifecycle field"), or None: the SPEC 4.4 test that keeps `error-envelope` (and the
+    suspect-shape detector) off a resource that describes a failure."""
+    for key in doc:
+        if key in RESOURCE_IDENTITY_KEYS or key.endswith(RESOURCE_IDENTITY_SUFFIXES):
+            return key, "resource identity"
+        if key in LIFECYCLE_KEYS:
+            return key, "lifecycle field"
+    return None
 
 
 def _text(value: object) -> str | None:
@@ -321,6 +371,8 @@ class ErrorEnvelopePreset:
 
     Status: the keyword classifier on the message, else 400 for `status: fail` (JSend: the
     client's data was rejected), else 502.  Only `error` is looked at, never `errors`.
+    A body that also carries a top-level resource identity or lifecycle field
+    (`resource_key`) is a resource that describes a failure and does not match.
     """
 
     name: str = field(default="error-envelope", init=False)
@@ -334,6 +386,8 @@ class ErrorEnvelopePreset:
         has_error = isinstance(error, str | dict | list) and len(error) > 0
         if not (has_error or is_status or doc.get("success") is False):
             return None
+        if resource_key(doc) is not None:
+            return None  # a resource that describes a failure is not a tunnelled error
         found = envelope_message(doc)
         message = None if found is None else found[0]
         status = _classify_any(message)

@@ -27,7 +27,9 @@ from proxy.rules.presets import (
     JsonRpcPreset,
     KeywordHit,
     envelope_message,
+    graphql_foreign_key,
     keyword_row,
+    resource_key,
 )
 from proxy.rules.ruleset import (
     PresetRule,
@@ -37,7 +39,7 @@ from proxy.rules.ruleset import (
     json_number,
     text_form,
 )
-from proxy.wire.pointer import MISSING, compile_pointer
+from proxy.wire.pointer import MISSING, compile_pointer, escape_token
 
 # -- showing body values ---------------------------------------------------------------------
 
@@ -235,6 +237,13 @@ def _graphql(doc: object, media_type: str) -> _Found:
         return _Found("the body is not a JSON object", ())
     if not isinstance(errors, list) or not errors:
         return _Found(f"no non-empty /errors list (/errors is {show(errors)})", (*facts,))
+    foreign = graphql_foreign_key(doc) if media_type != GRAPHQL_RESPONSE_JSON else None
+    if foreign is not None:
+        return _Found(
+            f"legacy media type {media_type!r} and `{foreign}` is not a GraphQL response key "
+            "(data, errors, extensions): not a GraphQL response",
+            (*facts, Fact(f"/{escape_token(foreign)}", doc[foreign])),
+        )
     first = errors[0]
     extensions = _get(first, "extensions")
     code_at, code = "/errors/0/extensions/code", _get(extensions, "code")
@@ -309,6 +318,15 @@ def _envelope(doc: object) -> _Found:
         return _Found(
             "no trigger: /error is not a non-empty string, object or array; /success is not "
             "false; /status is not error, fail or failure",
+            (*facts,),
+        )
+    resource = resource_key(doc)
+    if resource is not None:
+        key, what = resource
+        facts.append(Fact(f"/{escape_token(key)}", doc[key]))
+        return _Found(
+            f"{' and '.join(triggers)}, but `{key}` is a {what}: a resource that describes a "
+            "failure, not a tunnelled error",
             (*facts,),
         )
     found = envelope_message(doc)

@@ -118,3 +118,8 @@ def _find(doc: object, tokens: tuple[str, ...], start: int) -> Iterator[object]:
         else:
             return
     yield doc
+
+
+def escape_token(key: str) -> str:
+    """`key` as one RFC 6901 reference token (`~` -> `~0`, `/` -> `~1`)."""
+    return key.replace("~", "~0").replace("/", "~1")

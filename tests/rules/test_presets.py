@@ -27,8 +27,10 @@ from proxy.rules.presets import (
     Preset,
     build_preset,
     envelope_message,
+    graphql_foreign_key,
     keyword_row,
     keyword_status,
+    resource_key,
 )
 from proxy.wire.pointer import compile_pointer
 
@@ -1076,3 +1078,68 @@ def test_public_tables_are_read_only() -> None:
     for table in (SLACK_STATUS, GRAPHQL_STATUS, JSONRPC_STATUS):
         with pytest.raises(TypeError):
             table["new"] = 500  # type: ignore[index]
+
+
+# --- a resource that describes a failure is not a tunnelled error (SPEC 3, 4.4) -------------
+
+RESOURCE_KEYS = [
+    # (body, the key that makes it a resource, what it is)
+    ({"id": 42, "error": "x"}, "id", "resource identity"),
+    ({"error": "x", "uid": "u1"}, "uid", "resource identity"),
+    ({"uuid": "5f1c", "error": {"message": "x"}}, "uuid", "resource identity"),
+    ({"sid": "SM1", "status": "failed", "error": "x"}, "sid", "resource identity"),
+    ({"object": "fine_tuning.job", "error": {"message": "x"}}, "object", "resource identity"),
+    ({"arn": "arn:aws:...", "error": "x"}, "arn", "resource identity"),
+    ({"executionArn": "arn:aws:states:...", "error": "States.Timeout"}, "executionArn",
+     "resource identity"),
+    ({"job_arn": "arn:aws:...", "error": "x"}, "job_arn", "resource identity"),
+    ({"name": "operations/1", "done": True, "error": {"code": 3}}, "done", "lifecycle field"),
+    ({"conclusion": "failure", "error": "x"}, "conclusion", "lifecycle field"),
+    ({"completed": True, "task": {}, "error": {"type": "x"}}, "completed", "lifecycle field"),
+    ({"name": "projects/p/jobs/1", "startTime": "t", "error": {}}, "startTime",
+     "lifecycle field"),
+    ({"status": "failed", "createdDateTime": "t", "error": {}}, "createdDateTime",
+     "lifecycle field"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("doc", "key", "what"), RESOURCE_KEYS)
+def test_a_resource_is_told_by_its_identity_or_lifecycle(
+    doc: dict[str, object], key: str, what: str
+) -> None:
+    assert resource_key(doc) == (key, what)
+    assert build_preset("error-envelope").evaluate(doc, JSON) is None
+
+
+NOT_RESOURCE_KEYS = [
+    # request identifiers of an error envelope, and status codes, are not identity
+    {"error": {"message": "Rate limit exceeded"}, "request_id": "req_1"},
+    {"error": "x", "requestId": "r", "trace_id": "t", "debug_id": "d", "log_id": "l"},
+    {"error_message": "The provided API key is invalid.", "status": "REQUEST_DENIED"},
+    {"error": "x", "Id": 1, "ID": 2, "identifier": 3, "idx": 4},  # exactly `id`
+    {"error": "x", "arnold": 1, "Arnold": 2, "name": "n", "timestamp": 1},
+]
+
+
+@pytest.mark.parametrize("doc", NOT_RESOURCE_KEYS)
+def test_request_identifiers_are_not_resource_identity(doc: dict[str, object]) -> None:
+    assert resource_key(doc) is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "foreign"),
+    [
+        ({"data": None, "errors": [{}], "extensions": {}}, None),
+        ({"errors": [{}]}, None),
+        ({"id": 42, "state": "completed", "errors": [{"row": 12}]}, "id"),
+        ({"errors": [{"code": "badtoken"}], "docref": "See ...", "servedby": "mw"}, "docref"),
+    ],
+)
+def test_a_legacy_graphql_body_is_shaped_like_a_graphql_response(
+    doc: dict[str, object], foreign: str | None
+) -> None:
+    assert graphql_foreign_key(doc) == foreign
+    hit = build_preset("graphql").evaluate(doc, JSON)
+    assert (hit is None) == (foreign is not None)
+    # the media type says GraphQL: the shape is not asked
+    assert build_preset("graphql").evaluate(doc, GQL) is not None

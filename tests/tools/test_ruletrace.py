@@ -11,7 +11,7 @@ import pytest
 
 from proxy.config.load import load_file, parse_text
 from proxy.config.model import Config
-from proxy.rules.presets import ErrorEnvelopePreset, keyword_row
+from proxy.rules.presets import ErrorEnvelopePreset, build_preset, keyword_row
 from proxy.rules.ruleset import PresetRule, RuleSet, UserRule, compile_when
 from proxy.rules.snapshot import build
 from proxy.tools.ruletrace import clip, explain_rule, show, trace_rules, trace_status, trace_when
@@ -260,3 +260,29 @@ def test_a_very_deep_value_is_clipped_not_recursed() -> None:
     deep = _nested(100_000)
     assert len(show(deep)) <= 80
     assert json.dumps(clip(deep)).count("[") == 64
+
+
+@pytest.mark.parametrize(
+    ("rule", "doc", "says"),
+    [
+        (
+            "error-envelope",
+            {"executionArn": "arn:aws:states:x", "status": "FAILED", "error": "States.Timeout"},
+            "`executionArn` is a resource identity",
+        ),
+        (
+            "error-envelope",
+            {"name": "operations/1", "done": True, "error": {"code": 3, "message": "not found"}},
+            "`done` is a lifecycle field",
+        ),
+        (
+            "graphql",
+            {"id": 42, "state": "completed", "errors": [{"row": 12}]},
+            "`id` is not a GraphQL response key",
+        ),
+    ],
+)
+def test_explain_says_why_a_body_is_a_resource(rule: str, doc: object, says: str) -> None:
+    trace = explain_rule(PresetRule(rule, build_preset(rule), None), doc, "application/json")
+    assert not trace.matched
+    assert says in trace.reason
