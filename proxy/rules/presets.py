@@ -325,11 +325,19 @@ def resource_key(doc: dict[str, object]) -> tuple[str, str] | None:
     "lifecycle field"), or None: the SPEC 4.4 test that keeps `error-envelope` (and the
     suspect-shape detector) off a resource that describes a failure."""
     for key in doc:
+        if key == "id" and _jsonrpc_response(doc):
+            continue  # a JSON-RPC `id` echoes the request's: a request identifier
         if key in RESOURCE_IDENTITY_KEYS or key.endswith(RESOURCE_IDENTITY_SUFFIXES):
             return key, "resource identity"
         if key in LIFECYCLE_KEYS:
             return key, "lifecycle field"
     return None
+
+
+def _jsonrpc_response(doc: dict[str, object]) -> bool:
+    """Shaped like a JSON-RPC response, whose `id` is the request's: a `jsonrpc` member (2.0,
+    section 5), or `result` and `error` side by side (1.0)."""
+    return "jsonrpc" in doc or ("result" in doc and "error" in doc)
 
 
 def _text(value: object) -> str | None:

@@ -1085,6 +1085,7 @@ def test_public_tables_are_read_only() -> None:
 RESOURCE_KEYS = [
     # (body, the key that makes it a resource, what it is)
     ({"id": 42, "error": "x"}, "id", "resource identity"),
+    ({"id": 1, "error": {"code": -32603}}, "id", "resource identity"),  # no JSON-RPC shape
     ({"error": "x", "uid": "u1"}, "uid", "resource identity"),
     ({"uuid": "5f1c", "error": {"message": "x"}}, "uuid", "resource identity"),
     ({"sid": "SM1", "status": "failed", "error": "x"}, "sid", "resource identity"),
@@ -1118,6 +1119,10 @@ NOT_RESOURCE_KEYS = [
     {"error_message": "The provided API key is invalid.", "status": "REQUEST_DENIED"},
     {"error": "x", "Id": 1, "ID": 2, "identifier": 3, "idx": 4},  # exactly `id`
     {"error": "x", "arnold": 1, "Arnold": 2, "name": "n", "timestamp": 1},
+    # a JSON-RPC response's `id` echoes the request's (2.0 with `jsonrpc`; 1.0 with `result`)
+    {"jsonrpc": "2.0", "id": 1, "error": "Internal error"},
+    {"jsonrpc": "1.0", "id": 1, "error": {"code": -32603, "message": "Internal error"}},
+    {"result": None, "error": {"code": 1, "message": "Internal error"}, "id": 1},
 ]
 
 
