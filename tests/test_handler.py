@@ -503,6 +503,20 @@ async def test_upstream_connections_are_kept_alive(
     assert len(upstream.peers) == 1
 
 
+async def test_underscore_lookalikes_of_framing_headers_never_reach_the_upstream(
+    proxied: Proxied, client: aiohttp.ClientSession
+) -> None:
+    """SPEC 7: a WSGI/PHP backend reads `Transfer_Encoding` as `Transfer-Encoding`."""
+    upstream, tg = proxied
+    sent = {"Transfer_Encoding": "chunked", "Content_Length": "5", "X_Custom": "kept"}
+    async with client.get(tg.url + "/echo", headers=sent) as r:
+        assert r.status == 200
+        await r.read()
+    names = [name.decode("latin-1") for name, _ in upstream.seen[-1]["headers"]]  # type: ignore[union-attr]
+    assert "X_Custom" in names
+    assert "Transfer_Encoding" not in names and "Content_Length" not in names
+
+
 async def test_traceparent_is_forwarded_unchanged(
     proxied: Proxied, client: aiohttp.ClientSession
 ) -> None:

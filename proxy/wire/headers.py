@@ -97,9 +97,18 @@ _request_names: dict[bytes, _Name] = {}
 _request_options: dict[bytes, frozenset[bytes]] = {}  # Connection value -> names it lists
 
 
+# SPEC 7: a name with `_` that reads as a framing or hop-by-hop header once `_` is `-`
+# (`Transfer_Encoding`, `Content_Length`, `Connection`...) is dropped: CGI-style backends
+# (WSGI/PHP environ) read both spellings as the same header, a smuggling vector.  nginx
+# drops every such name by default; Envoy has `headers_with_underscores_action`.
+_UNDERSCORE_LOOKALIKES = frozenset(n.encode() for n in HOP_BY_HOP | {"content-length"})
+
+
 def _classify_request(name: bytes) -> _Name:
     lower = name.lower()
     kind = _REQUEST_KINDS.get(lower, _R_DROP if lower in _REQUEST_DROPPED else _R_KEEP)
+    if kind == _R_KEEP and b"_" in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:
+        kind = _R_DROP
     return _remember(_request_names, name, (kind, lower, name.decode("latin-1")))
 
 

@@ -299,7 +299,12 @@ def _reference_request(pairs: list[tuple[str, str]], upstream_host: str | None) 
         t.strip().lower() for n, v in pairs if n.lower() == "connection" for t in v.split(",")
     }
     drop = set(h.HOP_BY_HOP) | listed | {"expect", "traceparent"}
-    keep = [(n, v) for n, v in pairs if n.lower() not in drop]
+    lookalikes = set(h.HOP_BY_HOP) | {"content-length"}  # SPEC 7: `_` read as `-`
+    keep = [
+        (n, v)
+        for n, v in pairs
+        if n.lower() not in drop and not ("_" in n and n.lower().replace("_", "-") in lookalikes)
+    ]
     special = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"}
 
     def values(name: str) -> list[str]:
@@ -330,6 +335,8 @@ _POOL = [
     ("tracestate", "k=v"),
     ("Connection", "close"),
     ("x-forwarded-host", "outer"),
+    ("Transfer_Encoding", "chunked"),
+    ("X_Custom", "kept"),
 ]
 
 
@@ -478,3 +485,28 @@ def test_without() -> None:
     headers: Headers = [("ETag", "1"), ("X-A", "a"), ("etag", "2"), ("Cache-Control", "c")]
     assert h.without(headers, frozenset({"etag", "cache-control"})) == [("X-A", "a")]
     assert headers == [("ETag", "1"), ("X-A", "a"), ("etag", "2"), ("Cache-Control", "c")]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Transfer_Encoding", "transfer_encoding", "TRANSFER_ENCODING", "Content_Length",
+        "Connection_", "_Connection", "Keep_Alive", "Proxy_Connection", "Upgrade", "TE",
+        "Trailer", "Proxy_Authorization",
+    ],
+)  # fmt: skip
+def test_request_underscore_lookalikes_of_framing_headers_are_dropped(name: str) -> None:
+    """SPEC 7: `_` read as `-` by CGI-style backends makes these framing or hop-by-hop
+    headers, a smuggling vector; `Connection_`/`_Connection` read as `connection-` and
+    `-connection`, which no backend folds, so they pass."""
+    out = _request(("Host", "h"), (name, "chunked"), ("Accept", "*/*"))
+    folded = name.lower().replace("_", "-")
+    dropped = folded in h.HOP_BY_HOP | {"content-length"}
+    assert any(n == name for n, _ in out) is not dropped, out
+    assert ("Accept", "*/*") in out
+
+
+@pytest.mark.parametrize("name", ["X_Custom", "My_Header", "Content_Type", "Accept_Encoding"])
+def test_request_other_underscore_names_pass(name: str) -> None:
+    out = _request(("Host", "h"), (name, "v"))
+    assert (name, "v") in out
