@@ -120,6 +120,10 @@ def load(text: str, file: str = "<config>") -> Source:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(mark.line + 1, mark.column + 1) if mark is not None else None
+        if exc.problem == "exceeded maximum nesting depth":
+            # PyYAML 6.0.4's libyaml has a limit of its own (1000 levels), and its scanner can
+            # reach it while reading ahead, before _check_depth has counted 64 collections.
+            raise YamlError("document nested too deeply", where) from None
         problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         raise YamlError(f"invalid YAML: {problem}", where) from None
     except yaml.reader.ReaderError as exc:
