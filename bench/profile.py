@@ -81,12 +81,13 @@ def main() -> int:
         say(note)
     nginx = ensure_tool("nginx", ["nginx-light", "nginx"], True)
     wrk_path = ensure_tool("wrk", ["wrk"], True)
-    spy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # installed into this Python's (.venv/)
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if nginx is None or wrk_path is None:
         say("nginx and wrk are needed")
         return 1
     if spy is None and not args.no_spy:
-        say("py-spy is needed (python3 -m pip install py-spy), or pass --no-spy")
+        say(f"py-spy is needed ({sys.executable} -m pip install py-spy), or pass --no-spy")
         return 1
     case = {c.key: c for c in scenarios()}[args.scenario]
     procs = Processes()
