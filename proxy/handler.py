@@ -160,7 +160,8 @@ class Proxy:
             target=route.upstream_target(request.raw_path),
             retry_safe=is_retry_safe(request.method, "idempotency-key" in request.headers),
         )  # fmt: skip
-        await self._read_body(call)
+        if request.body_exists:  # no coroutine for the common bodiless request
+            await self._read_body(call)
         guard.budget.record_request()
         held: Plan | None = None  # a failed attempt kept until its retry is admitted
         retry_reason = ""
@@ -210,8 +211,6 @@ class Proxy:
         """Keep a small body for a replay (SPEC 6.3), or stream it; with `Expect:
         100-continue` the upstream decides whether the client sends it (SPEC 7)."""
         request = call.request
-        if not request.body_exists:
-            return
         if writers.expects_continue(request):
             call.body = RequestBody(None, request.content, length=request.content_length)
             call.on_continue = writers.Continue(request)
