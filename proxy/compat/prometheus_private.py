@@ -20,11 +20,16 @@ def observe_all(hist: Histogram, values: list[float]) -> None:
     Reads the histogram's bucket bounds and values, which prometheus-client keeps in
     `_upper_bounds`, `_buckets` and `_sum`."""
     bounds = hist._upper_bounds
-    hits = [0] * len(bounds)
-    for value in values:
-        hits[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
-    hist._sum.inc(sum(values))
     buckets = hist._buckets
-    for i, n in enumerate(hits):
-        if n:
-            buckets[i].inc(n)
+    if len(values) == 1:  # a worker writes each request's samples: usually one
+        value = values[0]
+        hist._sum.inc(value)
+        buckets[bisect_left(bounds, value)].inc(1)  # the first bound >= value, as observe()
+        return
+    hits: dict[int, int] = {}
+    for value in values:
+        i = bisect_left(bounds, value)
+        hits[i] = hits.get(i, 0) + 1
+    hist._sum.inc(sum(values))
+    for i, n in hits.items():
+        buckets[i].inc(n)

@@ -322,8 +322,9 @@ class GuardedProtocol(RequestHandler):
         self.refusal = refusal
         if self.transport is not None:
             trace_id = new_trace_id()
-            self.transport.write(refusals.raw_response(refusal, trace_id))
+            # counted first: a client that has the answer finds it in /metrics
             self._server.accounting.refused(refusal, None, trace_id, self.head_seconds())
+            self.transport.write(refusals.raw_response(refusal, trace_id))
         self.force_close()
 
     def _refuse_framing(self) -> None:

@@ -7,8 +7,6 @@ closed transport and stops.  `closing` marks responses sent while draining
 
 from __future__ import annotations
 
-import contextlib
-
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
@@ -22,8 +20,8 @@ from proxy.wire.problem import CONTENT_TYPE, problem_body
 
 def start(
     status: int, reason: str | None, headers: h.Headers, retry_after: int, closing: bool
-) -> web.StreamResponse:
-    response = web.StreamResponse(
+) -> Relayed:
+    response = Relayed(
         status=status,
         reason=reason,
         headers=CIMultiDict(with_retry_after(status, headers, retry_after)),
@@ -65,6 +63,34 @@ def buffered(delivery: Delivery, raw: bytes, retry_after: int, closing: bool) ->
     return response
 
 
+class Relayed(web.StreamResponse):
+    """A streamed response that completes only when aiohttp calls `write_eof`, once the
+    handler has returned and counted the request: the chunked terminator, or with a
+    Content-Length the last body bytes (`tail`), wait until then.  So a client that has
+    the complete response finds it counted, even in another process's /metrics
+    (`Metrics(shared=True)`)."""
+
+    tail = b""  # the body's last bytes, held back
+    left: int | None = None  # body bytes still to come, with a Content-Length
+
+    async def send(self, chunk: bytes) -> None:
+        """Write a body chunk, or keep it as the `tail` when it ends the body."""
+        left = self.left
+        if left is not None:
+            left = self.left = left - len(chunk)
+            if left <= 0:
+                self.tail += chunk
+                return
+        await self.write(chunk)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        tail = self.tail
+        if tail:
+            self.tail = b""
+            data = tail + data
+        await super().write_eof(data)
+
+
 async def relay(
     request: web.BaseRequest,
     resp: Response,
@@ -72,29 +98,28 @@ async def relay(
     already: list[bytes],
     retry_after: int,
     closing: bool,
-) -> tuple[web.StreamResponse, Failure | None]:
-    """Relay the upstream body as it arrives, after any `already` buffered chunks.
+) -> tuple[Relayed, Failure | None]:
+    """Relay the upstream body as it arrives, after any `already` buffered chunks; the
+    response is completed by aiohttp after the handler returns (see `Relayed`).
 
     A failure after the head was sent aborts the client connection: a truncated body
     must never look like a complete one (SPEC 6.1, last row).  The failure is returned
     for counting."""
     response = start(resp.status, resp.reason, headers, retry_after, closing)
     if resp.content_length is not None:
-        response.content_length = resp.content_length
+        response.content_length = response.left = resp.content_length
     try:
         await response.prepare(request)
         for chunk in already:
-            await response.write(chunk)
+            await response.send(chunk)
         async for chunk in iter_body(resp):
-            await response.write(chunk)
+            await response.send(chunk)
     except UpstreamFailure as failed:
         if request.transport is not None:
             request.transport.abort()
         return response, failed.failure
     except ConnectionError:
         return response, None  # the client went away; nothing more to send
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
     return response, None
 
 

@@ -9,10 +9,14 @@ The per-request samples (`count_request`, `observe_upstream`, `count_inspection`
 the sums into the Prometheus children, one `inc(n)` per series and one per histogram
 bucket.  Every read of the registry flushes first (`_FlushFirst`), so /metrics and
 tests see every request answered so far, and a timer flushes FLUSH_DELAY after a
-request.  A worker of `--workers N`, whose samples the master reads from shared files,
-flushes at the end of the event-loop iteration (`flush_delay=0`): its samples are in the
-files before another request could read them, and a killed worker loses nothing it
-answered in an earlier iteration.
+request.
+
+A worker of `--workers N` (`shared=True`), whose samples the master reads from shared
+files, writes a request's batch when the request is counted (`count_request`, its last
+sample), before the last bytes of its response are written: a client that has the
+complete response finds it in /metrics, and a killed worker loses nothing it answered.
+Samples not followed by a count (a WebSocket handshake's upstream time) are written at
+the end of the event-loop iteration.
 
 Fast path (samples summed in dicts, written per batch).  The plain rule is
 `observe()`/`inc()` one sample at a time on a fresh registry:
@@ -56,15 +60,22 @@ class Metrics:
     """Every tunnelguard metric, registered in `registry`."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, flush_delay: float = FLUSH_DELAY
+        self,
+        registry: CollectorRegistry | None = None,
+        flush_delay: float = FLUSH_DELAY,
+        *,
+        shared: bool = False,
     ) -> None:
+        """`shared`: read by another process (a `--workers N` worker's samples): each
+        request's samples are written when it is counted (see the module doc)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # registered before every metric: a collection flushes, then reads them
         r.register(_FlushFirst(self))
         self._counts: dict[Counter, int] = {}  # child -> increments not flushed yet
         self._observed: dict[Histogram, list[float]] = {}  # child -> observations
-        self._later = FlushLater(flush_delay, self.flush)
+        self._shared = shared
+        self._later = FlushLater(0.0 if shared else flush_delay, self.flush)
         self.requests = Counter(
             PREFIX + "requests_total",
             "Requests answered, by delivered code and true class.",
@@ -161,6 +172,8 @@ class Metrics:
     def count_request(
         self, route: str, method: str, code: int, true_status: int, source: str, seconds: float
     ) -> None:
+        """A request answered: its last sample.  Called before the last bytes of its
+        response are written (the handler, `downstream.server`, `writers.relay`)."""
         key = (route, method, code, true_status, source)
         child = self._requests.get(key)
         if child is None:
@@ -175,6 +188,8 @@ class Metrics:
             cls = status_class(true_status)
             hist = self._durations[hkey] = self.request_duration.labels(route, cls)
         self._observe(hist, seconds)
+        if self._shared:  # in the files before the response is complete
+            self.flush()
 
     def observe_upstream(self, route: str, upstream: str, seconds: float) -> None:
         key = (route, upstream)
@@ -216,12 +231,16 @@ class Metrics:
 
     def flush(self) -> None:
         """Move every batched sample into its Prometheus series."""
-        counts, self._counts = self._counts, {}
-        observed, self._observed = self._observed, {}
-        for child, n in counts.items():
-            child.inc(n)
-        for hist, values in observed.items():
-            observe_all(hist, values)
+        counts = self._counts
+        if counts:
+            self._counts = {}
+            for child, n in counts.items():
+                child.inc(n)
+        observed = self._observed
+        if observed:
+            self._observed = {}
+            for hist, values in observed.items():
+                observe_all(hist, values)
 
     def in_flight_for(self, route: str) -> Gauge:
         gauge = self._in_flight.get(route)

@@ -17,7 +17,7 @@ from proxy.downstream.listener import ListenSite
 from proxy.downstream.server import Accounting, GuardedServer
 from proxy.handler import Proxy
 from proxy.observe.logs import Log
-from proxy.observe.metrics import FLUSH_DELAY, Metrics
+from proxy.observe.metrics import Metrics
 from proxy.rules.snapshot import Runtime, build
 from proxy.serve.admin import build_admin
 from proxy.serve.reload import Loader, carry_over, try_load, watch
@@ -48,8 +48,9 @@ class TunnelGuard:
         self._reload_event = "reload" if admin else "worker_reload"
         self._reload_lock = asyncio.Lock()
         self.log = log or Log()
-        # a worker's samples go to files the master reads: written every loop iteration
-        self.metrics = metrics or Metrics(flush_delay=FLUSH_DELAY if admin else 0.0)
+        # a worker's samples go to files the master reads: written as each request is
+        # counted, before its response is complete
+        self.metrics = metrics or Metrics(shared=not admin)
         self.draining = False
         self._session: ClientSession | None = None
         self._pool: Pool | None = None

@@ -67,6 +67,30 @@ async def test_a_worker_writes_its_samples_when_the_loop_iteration_ends() -> Non
     assert counter._value.get() == 2
 
 
+async def test_a_shared_registry_gets_each_request_s_samples_when_it_is_counted() -> None:
+    """A `--workers N` worker: the master reads its files, possibly before this loop
+    iteration ends; a request's samples are written with its count, one by one."""
+    metrics = Metrics(shared=True)
+    reference = CollectorRegistry()
+    hist = Histogram(
+        "tunnelguard_request_duration_seconds", "", ("route", "class"),
+        buckets=LATENCY_BUCKETS, registry=reference,
+    )  # fmt: skip
+    inspected = metrics.inspections.labels("r", "clean")
+    requests = metrics.requests.labels("r", "GET", "200", "2xx", "upstream")
+    for n, seconds in enumerate(SECONDS, 1):
+        metrics.count_inspection("r", "clean")
+        metrics.count_request("r", "GET", 200, 200, "upstream", seconds)
+        hist.labels("r", "2xx").observe(seconds)
+        assert (inspected._value.get(), requests._value.get()) == (n, n)  # no await
+    assert _duration_samples(metrics.registry) == _duration_samples(reference)
+    metrics.observe_upstream("r", "u", 0.2)  # no count follows: the iteration's end
+    upstream = metrics.upstream_duration.labels("r", "u")
+    assert upstream._sum.get() == 0
+    await asyncio.sleep(0)
+    assert upstream._sum.get() == 0.2
+
+
 def test_without_an_event_loop_samples_are_written_at_once() -> None:
     metrics = Metrics()
     metrics.observe_upstream("r", "u", 0.2)

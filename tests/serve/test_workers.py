@@ -6,22 +6,29 @@ import asyncio
 import collections
 import contextlib
 import errno
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from proxy.config.load import parse_text
 from proxy.config.model import Listen
+from proxy.downstream.server import GuardedProtocol
+from proxy.observe.logs import Log
+from proxy.serve.lifecycle import TunnelGuard
 from proxy.serve.workers import ProxyPort, reuse_port_spreads
 from tests.conftest import (
     LoggedProcess,
     UpstreamFactory,
+    config_yaml,
     lying_upstream,
     run_tunnelguard,
     stop_processes,
@@ -329,3 +336,94 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+async def test_a_worker_writes_a_request_s_samples_before_its_response_is_complete(
+    start_upstream: UpstreamFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master reads a worker's samples from files: a client that has a complete
+    response must find it counted there.  A worker (in this process, on a real socket)
+    with every write to its clients recorded, with the number of requests its files held
+    then: the write that completes each response comes after the request was written
+    to them, whichever way the response is written (buffered, relayed with a
+    Content-Length or chunked, refused by the server layer, cut off mid-head)."""
+
+    async def plain(request: web.Request) -> web.Response:  # not inspected: relayed
+        return web.Response(body=b"p" * 50_000, content_type="text/plain")
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        for _ in range(3):
+            await response.write(b"c" * 1000)
+        await response.write_eof()
+        return response
+
+    async def lie(request: web.Request) -> web.Response:  # inspected, rewritten: buffered
+        return web.json_response({"ok": False, "error": "invalid_auth"})
+
+    app = web.Application()
+    app.router.add_get("/plain", plain)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/lie", lie)
+    upstream = await start_upstream(app)
+    worker = TunnelGuard(
+        parse_text(config_yaml(upstream.url, "server: {max_head_bytes: 4KiB}\n"), "t.yaml"),
+        Log("json", stream=io.StringIO()),
+        admin=False,  # a worker: Metrics(shared=True)
+    )
+    children = worker.metrics.requests._metrics  # read without the flush a scrape does
+
+    def counted() -> float:
+        return sum(child._value.get() for child in children.values())
+
+    writes: list[float] = []  # requests written to the files at each write to a client
+    made = GuardedProtocol.connection_made
+
+    def spied(protocol: GuardedProtocol, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        write, writelines = transport.write, transport.writelines
+
+        def write_spied(data: bytes | bytearray | memoryview) -> None:
+            writes.append(counted())
+            write(data)
+
+        def writelines_spied(data: Iterable[bytes | bytearray | memoryview]) -> None:
+            writes.append(counted())
+            writelines(data)
+
+        transport.write = write_spied  # type: ignore[method-assign]
+        transport.writelines = writelines_spied  # type: ignore[method-assign]
+        made(protocol, transport)
+
+    monkeypatch.setattr(GuardedProtocol, "connection_made", spied)
+    await worker.start()
+    try:
+        assert worker.proxy_address is not None
+        url = "http://{}:{}".format(*worker.proxy_address)
+        answered = 0
+        async with aiohttp.ClientSession() as session:  # one kept-alive connection
+            for path, status, size in [
+                ("/lie", 401, None), ("/plain", 200, 50_000), ("/chunked", 200, 3000),
+                ("/lie", 401, None), ("/plain", 200, 50_000),
+            ]:  # fmt: skip
+                async with session.get(url + path) as response:
+                    body = await response.read()
+                answered += 1
+                assert response.status == status
+                assert size is None or len(body) == size
+                assert writes[-1] == answered, (path, writes)
+            # refused by the server layer after the head was parsed: 431
+            async with session.get(url + "/lie", headers={"X-Big": "b" * 5000}) as response:
+                await response.read()
+            answered += 1
+            assert response.status == 431 and writes[-1] == answered, writes
+        # cut off while the head is still arriving: answered on the transport
+        reader, writer = await asyncio.open_connection(*worker.proxy_address)
+        writer.write(b"GET / HTTP/1.1\r\n" + b"X-Many: 1234567890\r\n" * 300)  # no end
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 431 ")
+        writer.close()
+        answered += 1
+        assert writes[-1] == answered, writes
+    finally:
+        await worker.stop()
