@@ -167,6 +167,11 @@ def closed_port() -> int:
 async def lying_upstream(start_upstream: UpstreamFactory) -> str:
     """An upstream that tunnels a Slack-style auth error in a 200 on every GET path (the
     `slack` preset rewrites it to 401); `?s=SECONDS` delays the answer."""
+    return (await lying_server(start_upstream)).url
+
+
+async def lying_server(start_upstream: UpstreamFactory) -> Upstream:
+    """`lying_upstream`, with what it received (`seen`)."""
     app = web.Application()
 
     async def lie(request: web.Request) -> web.Response:
@@ -174,7 +179,7 @@ async def lying_upstream(start_upstream: UpstreamFactory) -> str:
         return web.json_response({"ok": False, "error": "invalid_auth"})
 
     app.router.add_get("/{tail:.*}", lie)
-    return (await start_upstream(app)).url
+    return await start_upstream(app)
 
 
 def run_tunnelguard(

@@ -15,6 +15,7 @@ from proxy.serve.reload import ReloadResult, carry_over, try_load
 from tests.conftest import (
     LoggedProcess,
     UpstreamFactory,
+    lying_server,
     lying_upstream,
     run_tunnelguard,
     stop_processes,
@@ -80,11 +81,10 @@ async def test_sighup_reloads_and_rejects(
     path.write_text(config_text(upstream, action="flag"))
     p.proc.send_signal(signal.SIGHUP)
     await p.wait_for("reload")
-    for _ in range(100):  # workers apply it a moment after the master checked it
-        if await _status(proxy + "/a") == (200, "401"):
-            break
-        await asyncio.sleep(0.05)
-    assert await _status(proxy + "/a") == (200, "401")
+    if workers != "1":  # each worker applies it a moment after the master checked it
+        assert len(await p.wait_for("worker_reload", int(workers))) == int(workers)
+    for _ in range(8):  # new connections, whichever worker takes them
+        assert await _status(proxy + "/a") == (200, "401")
     assert await _reloads(admin) == {"success": 1, "failure": 0}
 
     # a broken file is rejected: the old config keeps serving
@@ -133,14 +133,19 @@ async def test_watch_reloads_on_file_change(
 async def test_in_flight_requests_finish_on_their_config(
     start_upstream: UpstreamFactory, spawn: Callable[..., LoggedProcess], tmp_path: Path
 ) -> None:
-    upstream = await lying_upstream(start_upstream)
+    server = await lying_server(start_upstream)
+    upstream = server.url
     path = tmp_path / "c.yaml"
     path.write_text(config_text(upstream))
     p = spawn("--config", str(path))
     (startup,) = await p.wait_for("startup")
     proxy = str(startup["listen"])
     slow = asyncio.ensure_future(_status(proxy + "/a?s=1.5"))
-    await asyncio.sleep(0.3)  # the slow request is now in flight
+    for _ in range(200):  # until the slow request is in flight (it reached the upstream)
+        if server.seen:
+            break
+        await asyncio.sleep(0.01)
+    assert server.seen and not slow.done()
     path.write_text(config_text(upstream, action="flag"))
     p.proc.send_signal(signal.SIGHUP)
     await p.wait_for("reload")

@@ -104,6 +104,19 @@ def _total(metrics: str, prefix: str) -> float:
     )
 
 
+async def _metrics_when(admin: str, prefix: str, expected: float, timeout: float = 10) -> str:
+    """/metrics once the series `prefix` sums to `expected` (the master reads the
+    workers' files: polled, bounded by `timeout`); the last text read otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            async with s.get(admin + "/metrics") as r:
+                text = await r.text()
+            if _total(text, prefix) == expected or asyncio.get_running_loop().time() > deadline:
+                return text
+            await asyncio.sleep(0.05)
+
+
 async def test_workers_serve_together_and_survive_a_crash(
     start_upstream: UpstreamFactory, master: Master, tmp_path: Path
 ) -> None:
@@ -131,11 +144,9 @@ async def test_workers_serve_together_and_survive_a_crash(
         await asyncio.gather(*(limited() for _ in range(n)))
 
     await burst(200)
-    async with aiohttp.ClientSession() as s:
-        async with s.get(admin + "/metrics") as r:
-            text = await r.text()
-        async with s.get(admin + "/readyz") as r:
-            assert r.status == 200
+    text = await _metrics_when(admin, "tunnelguard_requests_total", 200)
+    async with aiohttp.ClientSession() as s, s.get(admin + "/readyz") as r:
+        assert r.status == 200
     assert _total(text, "tunnelguard_requests_total") == 200  # both workers, summed
     assert _total(text, "tunnelguard_build_info") == 1
     for _ in range(100):  # access-log lines are written as requests finish
@@ -162,11 +173,11 @@ async def test_workers_serve_together_and_survive_a_crash(
     if reuse_port_spreads():  # with one shared socket, the other worker takes them all
         assert restart["pid"] in pids  # its backlog outlived it
     assert victim not in pids
-    async with aiohttp.ClientSession() as s, s.get(admin + "/metrics") as r:
-        assert _total(await r.text(), "tunnelguard_requests_total") == 216
+    text = await _metrics_when(admin, "tunnelguard_requests_total", 216)
+    assert _total(text, "tunnelguard_requests_total") == 216
     await burst(50)
-    async with aiohttp.ClientSession() as s, s.get(admin + "/metrics") as r:
-        assert _total(await r.text(), "tunnelguard_requests_total") == 266
+    text = await _metrics_when(admin, "tunnelguard_requests_total", 266)
+    assert _total(text, "tunnelguard_requests_total") == 266
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 20) == 0
@@ -211,8 +222,7 @@ async def test_a_burst_of_connections_is_spread_over_the_workers(
     for burst_name, by_pid in shares.items():
         counts = sorted(n // 2 for n in by_pid.values())
         assert len(counts) == 2 and counts[0] >= CONNECTIONS // 4, (burst_name, counts)
-    async with aiohttp.ClientSession() as s, s.get(admin + "/metrics") as r:
-        text = await r.text()
+    text = await _metrics_when(admin, "tunnelguard_requests_total", ROUNDS * CONNECTIONS * 2)
     assert _total(text, "tunnelguard_requests_total") == ROUNDS * CONNECTIONS * 2
     assert _total(text, "tunnelguard_build_info") == 1
 
