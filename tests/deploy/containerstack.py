@@ -34,7 +34,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,8 @@ DEBOOTSTRAP_TIMEOUT = 600.0  # measured here: ~50 s
 IMPORT_TIMEOUT = 120.0  # ~5 s
 BUILD_TIMEOUT = 600.0  # ~15 s, most of it pip downloading the dependencies' wheels
 COMMAND_TIMEOUT = 60.0  # any other podman command
+LOG_TIMEOUT = 10.0  # until `podman logs` shows what the container wrote
+POLL = 0.1
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # runc and debootstrap live there
 
 
@@ -496,6 +498,20 @@ class Container:
                 records.append(json.loads(line))
         return records
 
+    def log_records_when(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = LOG_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """The log records once `done(records)` holds, polled within `timeout`; the last
+        ones read otherwise (the caller's assert shows them).  What the container wrote
+        reaches `podman logs` through conmon, which may still be at it when `podman stop`
+        or `podman wait` returns; and tunnelguard writes access lines within 100 ms."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.log_records()
+            if done(records) or time.monotonic() > deadline:
+                return records
+            time.sleep(POLL)
+
     def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
         return run([self.podman, "exec", self.name, *command], check=False)
 
@@ -556,12 +572,27 @@ def start_container(
         container.remove()
 
 
-def free_port() -> int:
-    """A 127.0.0.1 port that was free a moment ago (the container binds it on the host network)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+@contextlib.contextmanager
+def reserved_ports(count: int) -> Iterator[list[int]]:
+    """`count` ports on 127.0.0.1 for a container on the host network, held until the end.
+
+    Each is bound by a socket of ours with SO_REUSEADDR that never listens.  Linux gives a
+    bound port to no bind to port 0 and no outgoing connection, so nothing else on the
+    machine (another test, another run of the suite) is handed it meanwhile, as a port
+    found free and closed could be; yet the container may bind and listen on it: sockets
+    that all have SO_REUSEADDR conflict only with one that listens, and tunnelguard's
+    listeners set it (as asyncio's and the `--workers` master's do).  Connections go only
+    to listening sockets, so ours takes none.  (Port 0 in the container with the port read
+    back from its startup line would race as little, but the image's HEALTHCHECK asks the
+    admin port named in TUNNELGUARD_ADMIN_LISTEN, which must then be a real number.)"""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        yield ports
 
 
 def image_config(image: Image) -> dict[str, Any]:

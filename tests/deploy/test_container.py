@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -64,6 +65,14 @@ def image(
         _say(request.config, f"containers: {runs}")
 
 
+@pytest.fixture
+def ports() -> Iterator[tuple[int, int]]:
+    """The proxy's and the admin port, held for the test's container (see
+    `containerstack.reserved_ports`)."""
+    with containerstack.reserved_ports(2) as (port, admin_port):
+        yield port, admin_port
+
+
 def _upstream_app() -> web.Application:
     async def tunnelled(request: web.Request) -> web.Response:
         return web.json_response(TUNNELLED)
@@ -76,10 +85,6 @@ def _upstream_app() -> web.Application:
     app.router.add_get("/api/auth.test", tunnelled)
     app.router.add_get("/slow", slow)
     return app
-
-
-def _ports() -> tuple[int, int]:
-    return containerstack.free_port(), containerstack.free_port()
 
 
 async def _until(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
@@ -123,6 +128,27 @@ def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 async def _get(client: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], bytes]:
     async with client.get(url) as response:
         return response.status, dict(response.headers), await response.read()
+
+
+async def _metrics_with(
+    client: aiohttp.ClientSession, admin: str, name: str, sample: tuple[dict[str, str], float]
+) -> list[tuple[dict[str, str], float]]:
+    """`name`'s samples once `sample` is among them, polled (bounded): with --workers the
+    master reads the workers' files.  The last samples read otherwise, for the assert."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        status, _, body = await _get(client, f"{admin}/metrics")
+        assert status == 200
+        samples = _samples(body.decode(), name)
+        if sample in samples or time.monotonic() > deadline:
+            return samples
+        await asyncio.sleep(POLL)
+
+
+def _ended(records: list[dict[str, Any]]) -> bool:
+    """The process's last line is in the log: its shutdown (a --workers master's, which
+    counts restarts, comes after its workers')."""
+    return bool(records) and records[-1].get("event") == "shutdown"
 
 
 def test_hadolint_passes_without_warnings() -> None:
@@ -176,9 +202,10 @@ async def test_default_config_serves_drains_and_exits_0(
     image: containerstack.Image,
     start_upstream: UpstreamFactory,
     client: aiohttp.ClientSession,
+    ports: tuple[int, int],
 ) -> None:
     upstream = await start_upstream(_upstream_app())
-    port, admin_port = _ports()
+    port, admin_port = ports
     proxy, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     env = {
         "TUNNELGUARD_UPSTREAM": upstream.url,
@@ -200,8 +227,6 @@ async def test_default_config_serves_drains_and_exits_0(
         assert status == 200
         assert [r["name"] for r in json.loads(body)["routes"]] == ["default"]
 
-        status, _, body = await _get(client, f"{admin}/metrics")
-        assert status == 200
         rewritten = {
             "route": "default",
             "method": "GET",
@@ -209,13 +234,17 @@ async def test_default_config_serves_drains_and_exits_0(
             "class": "4xx",
             "source": "rewritten",
         }
-        assert (rewritten, 1.0) in _samples(body.decode(), "tunnelguard_requests_total")
+        found = await _metrics_with(client, admin, "tunnelguard_requests_total", (rewritten, 1.0))
+        assert (rewritten, 1.0) in found
 
         uid = await asyncio.to_thread(container.exec, "id", "-u")
         assert (uid.returncode, uid.stdout.strip()) == (0, "10001")
         health = await asyncio.to_thread(container.healthcheck)
         assert health.returncode == 0, health.stdout + health.stderr
-        requests = [r for r in await asyncio.to_thread(container.log_records) if "pid" in r]
+        records = await asyncio.to_thread(
+            container.log_records_when, lambda rs: any("pid" in r for r in rs)
+        )  # an access line is written within 100 ms
+        requests = [r for r in records if "pid" in r]
         assert requests and {r["pid"] for r in requests} == {1}  # tunnelguard itself is PID 1
 
         # SIGTERM with a request in flight: /readyz turns 503, the request completes, exit 0.
@@ -239,7 +268,8 @@ async def test_default_config_serves_drains_and_exits_0(
         stopping = time.monotonic()
         assert await asyncio.to_thread(container.wait, STOP_TIMEOUT) == 0
         image.timings["drain to exit"] = time.monotonic() - stopping
-        events = [r.get("event") for r in await asyncio.to_thread(container.log_records)]
+        records = await asyncio.to_thread(container.log_records_when, _ended)
+        events = [r.get("event") for r in records]
         assert events[0] == "startup" and events[-1] == "shutdown"
         assert "draining" in events
         assert "Traceback" not in await asyncio.to_thread(container.stderr)
@@ -267,12 +297,13 @@ async def test_mounted_config_is_used_with_workers_on_a_read_only_root(
     start_upstream: UpstreamFactory,
     client: aiohttp.ClientSession,
     tmp_path: Path,
+    ports: tuple[int, int],
 ) -> None:
     upstream = await start_upstream(_upstream_app())
     config = tmp_path / "config.yaml"
     config.write_text(FLAG_CONFIG.format(url=upstream.url))
     config.chmod(0o644)  # read by uid 10001
-    port, admin_port = _ports()
+    port, admin_port = ports
     proxy, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     env = {
         "TUNNELGUARD_LISTEN": f"127.0.0.1:{port}",
@@ -298,7 +329,6 @@ async def test_mounted_config_is_used_with_workers_on_a_read_only_root(
 
         status, _, body = await _get(client, f"{admin}/config")
         assert [r["name"] for r in json.loads(body)["routes"]] == ["mounted"]
-        status, _, body = await _get(client, f"{admin}/metrics")
         flagged = {
             "route": "mounted",
             "method": "GET",
@@ -306,10 +336,12 @@ async def test_mounted_config_is_used_with_workers_on_a_read_only_root(
             "class": "4xx",
             "source": "flagged",
         }
-        assert (flagged, 1.0) in _samples(body.decode(), "tunnelguard_requests_total")
-        startup = next(
-            r for r in await asyncio.to_thread(container.log_records) if r.get("workers")
-        )
+        found = await _metrics_with(client, admin, "tunnelguard_requests_total", (flagged, 1.0))
+        assert (flagged, 1.0) in found
+        records = await asyncio.to_thread(
+            container.log_records_when, lambda rs: any(r.get("workers") for r in rs)
+        )  # conmon passes the log on
+        startup = next(r for r in records if r.get("workers"))
         assert startup["config"] == "/etc/tunnelguard/config.yaml"
         assert len(startup["workers"]) == 2
 
@@ -317,8 +349,13 @@ async def test_mounted_config_is_used_with_workers_on_a_read_only_root(
         stopping = time.monotonic()
         assert await asyncio.to_thread(container.stop, int(STOP_TIMEOUT)) == 0
         image.timings["stop (2 workers)"] = time.monotonic() - stopping
-        events = [r.get("event") for r in await asyncio.to_thread(container.log_records)]
-        assert events[-1] == "shutdown"
+
+        def master_ended(records: list[dict[str, Any]]) -> bool:
+            return _ended(records) and "restarts" in records[-1]
+
+        records = await asyncio.to_thread(container.log_records_when, master_ended)
+        assert records[-1] == {**records[-1], "event": "shutdown", "restarts": 0}
+        assert [r.get("event") for r in records].count("shutdown") == 3  # and both workers'
 
 
 def test_dockerfile_names_the_base_the_stand_in_replaces() -> None:
