@@ -71,44 +71,51 @@ UpstreamFactory = Callable[[web.Application], Awaitable[Upstream]]
 ProxyFactory = Callable[..., Awaitable[Running]]
 
 
-@pytest.fixture
-async def start_upstream() -> AsyncIterator[UpstreamFactory]:
-    runners: list[web.AppRunner] = []
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[Upstream]:
+    """`app` served on 127.0.0.1 (an ephemeral port) while the context lasts, recording
+    what it receives; `start_upstream` for a fixture of a wider scope."""
+    holder: list[Upstream] = []
 
-    async def start(app: web.Application) -> Upstream:
-        holder: list[Upstream] = []
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        up = holder[0]
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            up.peers.add((peer[0], peer[1]))
+        up.seen.append(
+            {
+                "method": request.method,
+                "path_qs": request.raw_path,
+                "headers": list(request.raw_headers),
+            }
+        )
+        return await handler(request)
 
-        @web.middleware
-        async def record(
-            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-        ) -> web.StreamResponse:
-            up = holder[0]
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            if peer:
-                up.peers.add((peer[0], peer[1]))
-            up.seen.append(
-                {
-                    "method": request.method,
-                    "path_qs": request.raw_path,
-                    "headers": list(request.raw_headers),
-                }
-            )
-            return await handler(request)
-
-        app.middlewares.append(record)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
+    app.middlewares.append(record)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        runners.append(runner)
         host, port = runner.addresses[0][:2]
         upstream = Upstream(f"http://{host}:{port}", runner)
         holder.append(upstream)
-        return upstream
-
-    yield start
-    for runner in runners:
+        yield upstream
+    finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[UpstreamFactory]:
+    async with contextlib.AsyncExitStack() as servers:
+
+        async def start(app: web.Application) -> Upstream:
+            return await servers.enter_async_context(serving(app))
+
+        yield start
 
 
 def config_yaml(upstream_url: str, extra: str = "", route: str = "") -> str:
