@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from proxy.upstream.failures import FAILURES, OVERLOADED, PROTOCOL_ERROR, REFUSED_BY_BREAKER
+from proxy.upstream.guards import REPLAY_LIMIT
 from tests.conftest import ProxyFactory, Running, UpstreamFactory, closed_port, config_yaml
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -518,6 +519,71 @@ async def test_large_bodies_are_not_replayed(
         assert r.status == 503
     assert len(script.calls) == 1
     assert script.calls[0][1] == big  # streamed through intact
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """A request body as framed by its head: chunked, Content-Length, or none."""
+    fields = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    )
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass  # trailer fields
+        return body
+    return await reader.readexactly(int(fields.get(b"content-length", b"0")))
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("size", "replayed"),
+    [(REPLAY_LIMIT, True), (REPLAY_LIMIT + 1, False)],
+    ids=["64KiB", "64KiB+1"],
+)
+async def test_bodies_up_to_the_replay_limit_are_replayed(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+    start_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    size: int,
+    replayed: bool,
+    framing: str,
+) -> None:
+    """SPEC 6.3: a body of 64 KiB is buffered and sent again when the first attempt
+    fails; one byte more streams through and is not retried.  The upstream reads each
+    body whole, then hangs up without a head the first time (502, retried for a PUT);
+    with a Content-Length the proxy knows the size at once, chunked it finds out."""
+    received: list[bytes] = []
+
+    async def hang_up_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await _read_head(reader)
+            received.append(await _read_body(reader, head))
+            if len(received) == 1:
+                return  # closed: no head at all
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    tg = await start_proxy(upstream_yaml(await raw_server(hang_up_once), RETRY_ALL))
+    body = os.urandom(size)
+
+    async def pieces() -> AsyncIterator[bytes]:  # no length given: sent chunked
+        for start in range(0, size, 10_000):
+            yield body[start : start + 10_000]
+
+    data = body if framing == "content-length" else pieces()
+    async with client.put(tg.url + "/x", data=data) as r:
+        answer = await r.read()
+    if replayed:
+        assert (r.status, answer) == (200, b"ok")
+        assert received == [body, body]  # whole both times
+    else:
+        assert r.status == 502 and orjson.loads(answer)["error"] == "http_protocol_error"
+        assert received == [body]
+    assert tg.sample("tunnelguard_retries_total", upstream="u", reason="502") == int(replayed)
+    assert tg.sample("tunnelguard_upstream_failures_total", upstream="u", kind="reset") == 1
 
 
 async def test_budget_stops_retry_storms(
