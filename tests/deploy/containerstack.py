@@ -4,10 +4,12 @@ No registry is reachable, so the base image the Dockerfile names (`docker.io/lib
 3.11-slim`) is replaced by a local stand-in: a Debian rootfs made with `debootstrap --variant=
 minbase --include=python3,python3-venv,ca-certificates` from the mirror in the machine's apt
 sources, with the host's local CA certificates added (pip inside the build then trusts the
-machine's TLS proxy), imported under the base's name.  The rootfs tarball is cached in
-CACHE_DIR (outside the repository), keyed by mirror, suite, architecture and certificates, so
-only the first run pays for debootstrap.  A real `python:3.11-slim` already in the image store
-is used as it is and never removed.
+machine's TLS proxy), imported and named as the base during a run.  The rootfs tarball is
+cached in CACHE_DIR (outside the repository), keyed by mirror, suite, architecture and
+certificates, so only the first run pays for debootstrap; the imported stand-in stays in the
+image store under its own name between runs, and so does podman's layer cache of the last
+build (`built_image`), so a build of an unchanged tree takes seconds.  A real
+`python:3.11-slim` already in the image store is used as it is and never removed.
 
 podman needs runc and explicit ulimits on this kind of machine (crun refuses its cgroup layout;
 the default limits are refused): `ensure_containers_conf` writes them into
@@ -26,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -54,6 +57,9 @@ REQUIRED_CONF: dict[str, dict[str, object]] = {
 INCLUDE = ("python3", "python3-venv", "ca-certificates")
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 STAND_IN_LABEL = "io.tunnelguard.test.stand-in"  # value: the cache key of the rootfs
+STAND_IN_REPO = "localhost/tunnelguard-test-base"  # :<cache key>, kept between runs
+BUILD_LABEL = "io.tunnelguard.test.build"  # on every image a test build makes
+CACHE_REPO = "localhost/tunnelguard-test"  # :<stage> and :image, the layer cache's names
 RECIPE = "1"  # bump when the stand-in's recipe changes: a new cache key
 # Passed to the build when set (HTTP_PROXY and friends are predefined build args; pip reads
 # PIP_INDEX_URL itself); never a host of ours.
@@ -337,18 +343,30 @@ class Base:
     name: str
     stand_in: bool  # the debootstrap stand-in, not a real image
     seconds: float  # to make it ready
-    how: str  # "present", "imported" (cached rootfs) or "debootstrap + import"
+    how: str  # "present", "kept" (from an earlier run), "imported" (cached rootfs) or
+    # "debootstrap + import"
 
 
-def _import_stand_in(
+def _stand_in(
     podman: str, name: str, key: str, mirror: str, suite: str, keyring: str | None
-) -> bool:
-    """Import the cached rootfs (made first when missing) as `name`; True if debootstrap ran."""
-    tarball = CACHE_DIR / f"{key}.tar"
-    made = not tarball.exists()
-    if made:
-        build_rootfs_tarball(tarball, mirror, suite, keyring)
-    stale = run([podman, "image", "inspect", "--format", "{{.Id}}", name], check=False)
+) -> str:
+    """Make the stand-in for `key` the image `name`: the one an earlier run kept as
+    STAND_IN_REPO:<key>, or else the cached rootfs (made first when missing) imported
+    under that name.  Returns how ("kept", "imported", "debootstrap + import")."""
+    kept = f"{STAND_IN_REPO}:{key}"
+    how = "kept"
+    if _image_labels(podman, kept) is None:
+        tarball = CACHE_DIR / f"{key}.tar"
+        how = "imported"
+        if not tarball.exists():
+            build_rootfs_tarball(tarball, mirror, suite, keyring)
+            how = "debootstrap + import"
+        _import(podman, tarball, kept, key, mirror, suite)
+    run([podman, "tag", kept, name])  # moved from any stale stand-in (pruned at the end)
+    return how
+
+
+def _import(podman: str, tarball: Path, name: str, key: str, mirror: str, suite: str) -> None:
     run(
         [
             podman,
@@ -368,9 +386,20 @@ def _import_stand_in(
         ],
         IMPORT_TIMEOUT,
     )
-    if stale.returncode == 0:  # an older stand-in, now untagged
-        run([podman, "rmi", stale.stdout.strip()], check=False)
-    return made
+
+
+def _prune(podman: str, key: str) -> None:
+    """Remove what no later build can use: images of earlier test builds that the layer
+    cache no longer names (`podman image prune` takes only images without a name or a
+    child, down each stale chain), then stand-ins of other keys (an older recipe, mirror
+    or CA set), now that nothing is built on them."""
+    run([podman, "image", "prune", "--force", f"--filter=label={BUILD_LABEL}"], check=False)
+    listed = run(
+        [podman, "images", "--format", "{{.Repository}}:{{.Tag}}", STAND_IN_REPO], check=False
+    )
+    for image in listed.stdout.split():
+        if image != f"{STAND_IN_REPO}:{key}":
+            run([podman, "rmi", image], check=False)
 
 
 @contextlib.contextmanager
@@ -378,9 +407,13 @@ def base_image(podman: str) -> Iterator[Base]:
     """The Dockerfile's base image, present while the caller builds on it.
 
     Runs of the suite may overlap (several work trees on one machine): a shared lock on
-    CACHE_DIR/lock marks the base as in use, the stand-in is made under the exclusive lock, and
-    it leaves the image store at the end only when no other run holds the lock.  The cached
-    rootfs tarball always stays.  A real image (no stand-in label) is used and never removed.
+    CACHE_DIR/lock marks the base as in use, the stand-in is made under the exclusive lock,
+    and it gives up the base's name at the end only when no other run holds the lock.  The
+    stand-in itself stays, as STAND_IN_REPO:<key>: the next run tags it again instead of
+    importing it, and with the same image id the layer cache built on it (see
+    `built_image`) is used.  What the cache no longer names is pruned then too.  The
+    cached rootfs tarball always stays.  A real image (no stand-in label) is used and
+    never removed.
     """
     name = base_image_name()
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -397,19 +430,21 @@ def base_image(podman: str) -> Iterator[Base]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             labels = _image_labels(podman, name)
             if labels is None or labels.get(STAND_IN_LABEL, key) != key:
-                made = _import_stand_in(podman, name, key, mirror, suite, keyring)
-                how = "debootstrap + import" if made or how.startswith("deb") else "imported"
+                how = _stand_in(podman, name, key, mirror, suite, keyring)
         stand_in = STAND_IN_LABEL in labels
+        if stand_in and how == "present":  # named by another run: keep it beyond the run too
+            run([podman, "tag", name, f"{STAND_IN_REPO}:{key}"])
         try:
             yield Base(name, stand_in, time.monotonic() - started, how)
         finally:
-            if stand_in:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pass  # another run builds on it: it removes the stand-in when done
-                else:
-                    run([podman, "rmi", name], check=False)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another run builds on it: it tidies up when done
+            else:
+                if stand_in:  # the base's name goes; the stand-in stays as STAND_IN_REPO:<key>
+                    run([podman, "untag", name, name], check=False)
+                _prune(podman, key)
 
 
 # ---- the image and its containers -----------------------------------------------------------
@@ -421,6 +456,8 @@ class Image:
     tag: str
     base: Base
     build_seconds: float
+    cached_steps: int = 0  # build steps taken from the layer cache ...
+    steps: int = 0  # ... of all steps of the builds but FROM
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -432,11 +469,28 @@ def engine() -> str:
     return podman
 
 
+def stages() -> list[str]:
+    """The Dockerfile's named stages (`FROM ... AS name`), in order."""
+    return [
+        words[3]
+        for words in (line.split() for line in DOCKERFILE.read_text().splitlines())
+        if len(words) == 4 and words[0].upper() == "FROM" and words[2].upper() == "AS"
+    ]
+
+
 @contextlib.contextmanager
 def built_image(log_dir: Path) -> Iterator[Image]:
-    """Build the Dockerfile (`--pull=never`, host network); remove the image at the end."""
+    """Build the Dockerfile (`--pull=never`, host network) with podman's layer cache.
+
+    Every step's result is kept as an image (`--layers`), labelled BUILD_LABEL, and the
+    next build reuses the steps whose inputs are unchanged: the files a COPY takes are
+    compared by content, so the image always holds the tree as it is now, and only the
+    steps from the first changed input on run again.  The cache stays named between runs,
+    as CACHE_REPO:<stage> for each named stage (built first with `--target`: nothing else
+    keeps a stage that the image only copies from) and CACHE_REPO:image; a build of
+    another tree moves those names, and `base_image` prunes what none names any more."""
     podman = engine()
-    tag = f"localhost/tunnelguard-test:{uuid.uuid4().hex[:12]}"
+    tag = f"{CACHE_REPO}:image"
     with base_image(podman) as base:
         iidfile = log_dir / "image.id"
         command = [
@@ -445,28 +499,34 @@ def built_image(log_dir: Path) -> Iterator[Image]:
             "--pull=never",
             "--network=host",
             "--format=docker",  # HEALTHCHECK is a Docker-format field (OCI drops it)
-            "--layers=false",  # no intermediate images left behind
-            f"--iidfile={iidfile}",
-            f"--tag={tag}",
+            "--layers",
+            f"--label={BUILD_LABEL}=1",  # on every step's image, each stage's too
             f"--file={DOCKERFILE}",
             f"--build-arg=VERSION={__version__}",
         ]
         command += [f"--build-arg={n}={os.environ[n]}" for n in BUILD_ENV if n in os.environ]
         started = time.monotonic()
-        done = run([*command, str(ROOT)], BUILD_TIMEOUT, check=False)
-        seconds = time.monotonic() - started
-        (log_dir / "build.log").write_text(done.stdout + done.stderr)
-        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
-        try:
-            if done.returncode != 0 or not image_id:
+        log = ""
+        for target, args in [
+            *((stage, [f"--target={stage}", f"--tag={CACHE_REPO}:{stage}"]) for stage in stages()),
+            ("image", [f"--iidfile={iidfile}", f"--tag={tag}"]),
+        ]:
+            done = run([*command, *args, str(ROOT)], BUILD_TIMEOUT, check=False)
+            log += done.stdout + done.stderr
+            if done.returncode != 0:
+                (log_dir / "build.log").write_text(log)
                 pytest.fail(
-                    f"podman build failed ({done.returncode}):\n"
-                    f"{_tail(done.stdout + done.stderr, 60)}"
+                    f"podman build of {target} failed ({done.returncode}):\n{_tail(log, 60)}"
                 )
-            yield Image(image_id, tag, base, seconds)
-        finally:
-            if image_id:
-                run([podman, "rmi", "--force", image_id], check=False)
+        seconds = time.monotonic() - started
+        (log_dir / "build.log").write_text(log)
+        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+        if not image_id:
+            pytest.fail(f"podman build wrote no image id:\n{_tail(log, 60)}")
+        lines = log.splitlines()  # "[1/2] STEP 5/7: COPY ...", then "--> Using cache ..."
+        steps = sum(bool(re.search(r"STEP \d+/\d+: (?!FROM )", line)) for line in lines)
+        cached = sum(line.startswith("--> Using cache ") for line in lines)
+        yield Image(image_id, tag, base, seconds, cached_steps=cached, steps=steps)
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """The container image (issue 8): the Dockerfile built and run for real, and linted.
 
-podman builds the Dockerfile once for the module (`--pull=never`, on a local stand-in for the
-base image: see tests/containerstack.py) and runs it on the host network with a read-only root
-filesystem, in front of an upstream served by this test's event loop on 127.0.0.1.  Everything
-is checked through the running container: readiness, a tunnelled error rewritten, metrics, the
-numeric user, a mounted config, SIGTERM draining to exit 0.  The measured times are printed.
+podman builds the Dockerfile once for the module (`--pull=never`, with its layer cache, on a
+local stand-in for the base image: see tests/deploy/containerstack.py) and runs it on the host
+network with a read-only root filesystem, in front of an upstream served by this test's event
+loop on 127.0.0.1.  Everything is checked through the running container: readiness, a tunnelled
+error rewritten, metrics, the numeric user, a mounted config, SIGTERM draining to exit 0.  The
+measured times are printed.
 
 The first run on a machine makes the base rootfs with debootstrap (about a minute here); later
-runs reuse it from /var/tmp/tunnelguard-base.
+runs reuse it from /var/tmp/tunnelguard-base, and the image's layers from podman's store.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def image(
         _say(
             request.config,
             f"base image {base.name} ({kind}) ready in {base.seconds:.1f} s ({base.how}); "
-            f"image built in {built.build_seconds:.1f} s",
+            f"image built in {built.build_seconds:.1f} s "
+            f"({built.cached_steps} of {built.steps} steps from the layer cache)",
         )
         yield built
         runs = ", ".join(f"{k} {v:.1f} s" for k, v in built.timings.items())
@@ -338,9 +340,13 @@ async def test_mounted_config_is_used_with_workers_on_a_read_only_root(
         }
         found = await _metrics_with(client, admin, "tunnelguard_requests_total", (flagged, 1.0))
         assert (flagged, 1.0) in found
-        records = await asyncio.to_thread(
-            container.log_records_when, lambda rs: any(r.get("workers") for r in rs)
-        )  # conmon passes the log on
+
+        def both_workers_up(records: list[dict[str, Any]]) -> bool:
+            return [r.get("event") for r in records].count("worker_startup") == 2
+
+        # /readyz answers for the master: the workers may still be starting
+        records = await asyncio.to_thread(container.log_records_when, both_workers_up)
+        assert both_workers_up(records), records
         startup = next(r for r in records if r.get("workers"))
         assert startup["config"] == "/etc/tunnelguard/config.yaml"
         assert len(startup["workers"]) == 2
@@ -355,7 +361,8 @@ async def test_mounted_config_is_used_with_workers_on_a_read_only_root(
 
         records = await asyncio.to_thread(container.log_records_when, master_ended)
         assert records[-1] == {**records[-1], "event": "shutdown", "restarts": 0}
-        assert [r.get("event") for r in records].count("shutdown") == 3  # and both workers'
+        events = [r.get("event") for r in records]
+        assert events.count("shutdown") == 3, records  # both workers' first
 
 
 def test_dockerfile_names_the_base_the_stand_in_replaces() -> None:
