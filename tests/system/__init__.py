@@ -1,1 +1,1 @@
-"""System tests: real proxy processes under faults, fuzzed input and a soak."""
+"""System tests: real proxy processes under faults, fuzzed responses and requests, and a soak."""
