@@ -118,46 +118,57 @@ class Proxy:
         incoming = request.headers.getall("traceparent", ())
         # several traceparent headers are as invalid as a malformed one (W3C 3.2)
         trace_id, traceparent = trace_context(incoming[0] if len(incoming) == 1 else None)
-        route = runtime.route_for(request.host, request.raw_path)
+        host, path, named_host = request.host, request.raw_path, None
+        if path[:1] != "/" and (absolute := h.origin_form(path)) is not None:
+            # RFC 9112 3.2.2: the target's authority, not Host, names the host
+            host = named_host = absolute[0]
+            path = absolute[1]
+        route = runtime.route_for(host, path)
         outcome = Outcome()
         if route is None:
             response = writers.problem(
                 404, "no_route", "no route matches this request", trace_id, closing=self.closing
             )
             outcome.answered_by_proxy(404)
-            self._record(UNMATCHED_ROUTE, request, outcome, started, trace_id)
+            self._record(UNMATCHED_ROUTE, request, path, outcome, started, trace_id)
             return response
         gauge = self._metrics.in_flight_for(route.name)
         gauge.inc()
         try:
-            return await self._forward(request, route, runtime, trace_id, traceparent, outcome)
+            return await self._forward(
+                request, route, runtime, path, named_host, trace_id, traceparent, outcome
+            )
         except asyncio.CancelledError:
             if not outcome.code:  # the server layer refused it, or the client hung up (499)
                 outcome.answered_by_proxy(refused_status(request) or CLIENT_CLOSED)
             raise
         finally:
             gauge.dec()
-            self._record(route.name, request, outcome, started, trace_id)
+            self._record(route.name, request, path, outcome, started, trace_id)
 
     async def _forward(
         self,
         request: web.BaseRequest,
         route: Route,
         runtime: Runtime,
+        path: str,
+        named_host: str | None,
         trace_id: str,
         traceparent: str,
         outcome: Outcome,
     ) -> web.StreamResponse:
         """Clean the headers, then attempt (admitted by the upstream's guards) until an
-        answer is deliverable or no retry is allowed, and deliver it."""
+        answer is deliverable or no retry is allowed, and deliver it.  `path` is the
+        request target in origin form; `named_host` the authority an absolute-form target
+        named (it replaces Host)."""
         guard = self.guard(route)
-        headers = self._upstream_headers(request, route, trace_id, traceparent)
+        headers = self._upstream_headers(request, route, named_host, trace_id, traceparent)
         if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
-            url = target_url(route.base_url, route.upstream_target(request.raw_path))
+            url = target_url(route.base_url, route.upstream_target(path))
             return await self._tunnel(request, route, guard, headers, url, trace_id, outcome)
         call = Call(
             request, route, runtime, trace_id, outcome, headers,
-            target=route.upstream_target(request.raw_path),
+            target=route.upstream_target(path),
             retry_safe=is_retry_safe(request.method, "idempotency-key" in request.headers),
         )  # fmt: skip
         if request.body_exists:  # no coroutine for the common bodiless request
@@ -191,15 +202,22 @@ class Proxy:
                 raise
 
     def _upstream_headers(
-        self, request: web.BaseRequest, route: Route, trace_id: str, traceparent: str
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        named_host: str | None,
+        trace_id: str,
+        traceparent: str,
     ) -> h.Headers:
         """The request headers as the upstream gets them (SPEC 7), with the trace context
-        (SPEC 6.2) and the upstream URL's credentials when the client sent none."""
+        (SPEC 6.2) and the upstream URL's credentials when the client sent none.  Host is
+        the upstream's (`preserve_host: false`), else the one an absolute-form target named,
+        else the client's."""
         headers = h.request_headers(
             request.raw_headers,
             client_ip=request.remote,
             scheme=request.scheme,
-            upstream_host=route.upstream_host,
+            upstream_host=route.upstream_host or named_host,
             traceparent=traceparent,
             new_trace=trace_id not in request.headers.get("traceparent", ""),
         )
@@ -430,6 +448,7 @@ class Proxy:
         self,
         route: str,
         request: web.BaseRequest,
+        path: str,
         outcome: Outcome,
         started: float,
         trace_id: str,
@@ -442,7 +461,7 @@ class Proxy:
             RequestEnded(
                 route=route,
                 method=request.method,
-                path=request.raw_path.split("?", 1)[0],  # never the query string
+                path=path.split("?", 1)[0],  # never the query string
                 code=code,
                 true_code=outcome.true_status or code,
                 source=outcome.source,

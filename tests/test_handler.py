@@ -503,6 +503,33 @@ async def test_upstream_connections_are_kept_alive(
     assert len(upstream.peers) == 1
 
 
+async def test_an_absolute_form_target_is_routed_and_forwarded_by_its_authority(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory
+) -> None:
+    """RFC 9112 3.2.2: the target's authority, not Host, names the host (routing and the
+    Host sent upstream); the upstream gets the origin form, path and query (3.2.1)."""
+    upstream = await start_upstream(scenario_app())
+    routes = (
+        "  - {name: by-target, match: {host: api.example}, upstream: u}\n"
+        "  - {name: other, upstream: u}\n"
+    )
+    tg = await start_proxy(config_yaml(upstream.url, route=routes))
+    host, port = tg.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET http://api.example/echo?x=1 HTTP/1.1\r\nHost: fz\r\nConnection: close\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    seen = upstream.seen[-1]
+    assert seen["path_qs"] == "/echo?x=1"
+    hosts = [v for k, v in seen["headers"] if k.lower() == b"host"]  # type: ignore[union-attr]
+    assert hosts == [b"api.example"]
+    (line,) = tg.log_records()
+    assert (line["route"], line["path"]) == ("by-target", "/echo")
+
+
 async def test_underscore_lookalikes_of_framing_headers_never_reach_the_upstream(
     proxied: Proxied, client: aiohttp.ClientSession
 ) -> None:

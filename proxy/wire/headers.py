@@ -269,3 +269,23 @@ def authority(url: URL) -> str:
     if url.port is not None and url.port != {"http": 80, "https": 443}.get(url.scheme):
         text += f":{url.port}"
     return text
+
+
+def origin_form(target: str) -> tuple[str, str] | None:
+    """(authority, path and query) of an absolute-form request target such as
+    `http://api.example/v1?x=1` (RFC 9112 3.2.2), or None for any other form.  An origin
+    server uses the target's authority instead of `Host` and an origin gets only the path
+    and query (RFC 9112 3.2.1); a deprecated userinfo part (RFC 9110 4.2.4) is dropped."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    cut = len(rest)
+    for stop in ("/", "?"):
+        at = rest.find(stop)
+        if 0 <= at < cut:
+            cut = at
+    authority = rest[:cut].rpartition("@")[2]
+    if not authority:
+        return None
+    tail = rest[cut:]
+    return authority, tail if tail.startswith("/") else "/" + tail

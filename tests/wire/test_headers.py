@@ -510,3 +510,25 @@ def test_request_underscore_lookalikes_of_framing_headers_are_dropped(name: str)
 def test_request_other_underscore_names_pass(name: str) -> None:
     out = _request(("Host", "h"), (name, "v"))
     assert (name, "v") in out
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("http://api.example/v1/users?x=1", ("api.example", "/v1/users?x=1")),
+        ("HTTPS://api.example:8443/v1", ("api.example:8443", "/v1")),
+        ("http://api.example", ("api.example", "/")),
+        ("http://api.example?x=1", ("api.example", "/?x=1")),
+        ("http://user:pass@api.example/p", ("api.example", "/p")),  # RFC 9110 4.2.4
+        ("http://[::1]:8080/p", ("[::1]:8080", "/p")),
+        ("/v1/users", None),  # origin-form
+        ("*", None),  # asterisk-form
+        ("api.example:443", None),  # authority-form (CONNECT)
+        ("ftp://api.example/p", None),
+        ("http:///p", None),  # no authority
+    ],
+)
+def test_origin_form_of_an_absolute_target(target: str, expected: tuple[str, str] | None) -> None:
+    """RFC 9112 3.2.2: the authority an absolute-form target names, and the path and query
+    an origin gets (3.2.1)."""
+    assert h.origin_form(target) == expected
