@@ -530,6 +530,20 @@ async def test_an_absolute_form_target_is_routed_and_forwarded_by_its_authority(
     assert (line["route"], line["path"]) == ("by-target", "/echo")
 
 
+async def test_no_generated_answer_names_python_or_aiohttp(
+    start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Issue 18 point 4: an answer tunnelguard generates discloses no software versions in
+    `Server` (aiohttp's default is `Python/3.x aiohttp/3.y`).  That an upstream's own
+    `Server` wins is tests/compat/test_aiohttp_private.py's (the upstreams of these tests
+    run in this process, on the same aiohttp)."""
+    dead = await start_proxy(config_yaml(f"http://127.0.0.1:{closed_port()}"))
+    async with client.get(dead.url + "/x") as r:
+        assert r.status == 502
+        assert r.headers.getall("Server") == ["tunnelguard"]
+        assert not any("aiohttp" in v or "Python" in v for v in r.headers.values())
+
+
 async def test_underscore_lookalikes_of_framing_headers_never_reach_the_upstream(
     proxied: Proxied, client: aiohttp.ClientSession
 ) -> None:

@@ -31,3 +31,13 @@ def handshake_response(websocket: Any) -> Any:
     """The `ClientResponse` of a client WebSocket's handshake (`_response`):
     `ClientWebSocketResponse` exposes no response headers of its own."""
     return websocket._response
+
+
+def name_the_server(name: str) -> None:
+    """aiohttp's server adds `Server: Python/3.x aiohttp/3.y` to every response that has no
+    `Server` header, from the module global `web_response.SERVER_SOFTWARE` read at each
+    response: a version disclosure on every answer tunnelguard generates (and on upstream
+    answers that carry no `Server`).  Set it to `name`, without versions, for this process."""
+    from aiohttp import web_response
+
+    web_response.SERVER_SOFTWARE = name  # type: ignore[attr-defined]

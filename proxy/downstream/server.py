@@ -23,7 +23,7 @@ from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.compat.aiohttp_private import parsed_messages
+from proxy.compat.aiohttp_private import name_the_server, parsed_messages
 from proxy.config.model import ServerLimits
 from proxy.downstream import refusals, writers
 from proxy.downstream.listener import ConnectionGate
@@ -35,6 +35,8 @@ from proxy.wire.deadline import Deadline
 from proxy.wire.tracecontext import new_trace_id, trace_context
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# `Server` on a response that has none (aiohttp adds one): no software versions disclosed
+SERVER_NAME = "tunnelguard"
 
 
 class Accounting:
@@ -137,6 +139,7 @@ class GuardedServer(web.Server):
         **kwargs: Any,
     ) -> None:
         kwargs.update(refusals.parser_limits(limits.max_head_bytes))
+        name_the_server(SERVER_NAME)  # never `Python/3.x aiohttp/3.y` (issue 18 point 4)
         super().__init__(self._admit, handler_cancellation=handler_cancellation, **kwargs)
         self._handle = handler
         self._protocol_kwargs = kwargs

@@ -10,7 +10,12 @@ import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.compat.aiohttp_private import handshake_response, no_silent_retry, parsed_messages
+from proxy.compat.aiohttp_private import (
+    handshake_response,
+    name_the_server,
+    no_silent_retry,
+    parsed_messages,
+)
 
 
 async def test_parsed_messages_counts_request_heads() -> None:
@@ -67,4 +72,37 @@ async def test_handshake_response_is_the_101_with_its_headers() -> None:
             assert response.status == 101
             assert (b"X-Upstream", b"yes") in response.raw_headers
     finally:
+        await runner.cleanup()
+
+
+async def test_name_the_server_replaces_aiohttps_default_server_header() -> None:
+    from aiohttp import http, web_response
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def own(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"Server": "upstream/1"})
+
+    app = web.Application()
+    app.router.add_get("/plain", plain)
+    app.router.add_get("/own", own)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    before = web_response.SERVER_SOFTWARE  # type: ignore[attr-defined]
+    try:
+        async with aiohttp.ClientSession() as session:
+            name_the_server(http.SERVER_SOFTWARE)  # aiohttp's own default, for a start
+            async with session.get(f"http://127.0.0.1:{port}/plain") as r:
+                assert "aiohttp" in r.headers["Server"]  # what the shim replaces
+            name_the_server("someone")
+            async with session.get(f"http://127.0.0.1:{port}/plain") as r:
+                assert r.headers.getall("Server") == ["someone"]
+            async with session.get(f"http://127.0.0.1:{port}/own") as r:
+                assert r.headers.getall("Server") == ["upstream/1"]  # a response's own wins
+    finally:
+        name_the_server(before)
         await runner.cleanup()
