@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 import pytest
@@ -27,6 +28,53 @@ from proxy.upstream.connection import Connection
 from proxy.upstream.pool import Pool, endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RawServer:
+    """A raw TCP server on 127.0.0.1 for upstreams that misbehave below HTTP (no parser of
+    its own): a subclass's `serve(reader, writer)` handles one connection.  Each
+    connection's task is tracked and `open` counts the live ones; a connection ends with
+    `writer.close()` (after whatever `serve` did to it), and `stop()` cancels what is left.
+    `QUIET` are the ways a connection may end that are no anomaly (the proxy went away)."""
+
+    QUIET: ClassVar[tuple[type[BaseException], ...]] = (
+        ConnectionError,
+        asyncio.IncompleteReadError,
+    )
+    open: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.open += 1
+        try:
+            await self.serve(reader, writer)
+        except self.QUIET:
+            pass
+        finally:
+            writer.close()
+            self.open -= 1
+            self._tasks.discard(task)
 
 
 @dataclass

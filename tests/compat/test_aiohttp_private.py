@@ -16,6 +16,7 @@ from proxy.compat.aiohttp_private import (
     no_silent_retry,
     parsed_messages,
 )
+from tests.conftest import serving
 
 
 async def test_parsed_messages_counts_request_heads() -> None:
@@ -58,21 +59,14 @@ async def test_handshake_response_is_the_101_with_its_headers() -> None:
 
     app = web.Application()
     app.router.add_get("/ws", ws_handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws,
-        ):
-            response = handshake_response(ws)
-            assert response.status == 101
-            assert (b"X-Upstream", b"yes") in response.raw_headers
-    finally:
-        await runner.cleanup()
+    async with (
+        serving(app) as upstream,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{upstream.url}/ws") as ws,
+    ):
+        response = handshake_response(ws)
+        assert response.status == 101
+        assert (b"X-Upstream", b"yes") in response.raw_headers
 
 
 async def test_name_the_server_replaces_aiohttps_default_server_header() -> None:
@@ -87,22 +81,16 @@ async def test_name_the_server_replaces_aiohttps_default_server_header() -> None
     app = web.Application()
     app.router.add_get("/plain", plain)
     app.router.add_get("/own", own)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     before = web_response.SERVER_SOFTWARE  # type: ignore[attr-defined]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with serving(app) as upstream, aiohttp.ClientSession() as session:
             name_the_server(http.SERVER_SOFTWARE)  # aiohttp's own default, for a start
-            async with session.get(f"http://127.0.0.1:{port}/plain") as r:
+            async with session.get(f"{upstream.url}/plain") as r:
                 assert "aiohttp" in r.headers["Server"]  # what the shim replaces
             name_the_server("someone")
-            async with session.get(f"http://127.0.0.1:{port}/plain") as r:
+            async with session.get(f"{upstream.url}/plain") as r:
                 assert r.headers.getall("Server") == ["someone"]
-            async with session.get(f"http://127.0.0.1:{port}/own") as r:
+            async with session.get(f"{upstream.url}/own") as r:
                 assert r.headers.getall("Server") == ["upstream/1"]  # a response's own wins
     finally:
         name_the_server(before)
-        await runner.cleanup()

@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import run_tunnelguard
+from tests.conftest import RawServer, run_tunnelguard
 
 SEED = 5
 REQUESTS = 2000
@@ -88,58 +88,33 @@ class Read:
 
 
 @dataclass
-class FaultyUpstream:
+class FaultyUpstream(RawServer):
     """A raw HTTP/1.1 server on 127.0.0.1 that misbehaves per request (see BEHAVIOURS)."""
 
     faulty: bool = False  # off during warm-up: every answer is good and kept alive
     reads: dict[str, list[Read]] = field(default_factory=dict)  # by X-Req-Id
     unread: int = 0  # connections closed before reading anything
-    open: int = 0
     anomalies: list[str] = field(default_factory=list)
     _conn_rng: random.Random = field(default_factory=lambda: random.Random(SEED))
     _idle: set[asyncio.StreamWriter] = field(default_factory=set)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
 
     def close_idle(self) -> None:
         """Hang up on kept-alive connections waiting for their next request."""
         for writer in self._idle:
             writer.close()
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
     def count(self, behaviour: str) -> int:
         return sum(r.behaviour == behaviour for reads in self.reads.values() for r in reads)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.open += 1
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             if self.faulty and self._conn_rng.random() < UNREAD_SHARE:
                 self.unread += 1
                 return  # close without reading: whatever the proxy sent is never read
             while await self._one(reader, writer):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
         finally:
             self._idle.discard(writer)
-            writer.close()
-            self.open -= 1
-            self._tasks.discard(task)
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Serve one request; False when the connection is to be closed."""

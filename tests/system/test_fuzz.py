@@ -85,7 +85,7 @@ from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.rules.ruletests import run_tests
 from proxy.rules.snapshot import build
 from proxy.rules.verdict import Verdict
-from tests.conftest import run_tunnelguard
+from tests.conftest import RawServer, run_tunnelguard
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -469,33 +469,17 @@ def _worse(a: str, b: str) -> str:
 
 
 @dataclass
-class RawUpstream:
+class RawUpstream(RawServer):
     """HTTP/1.1 on 127.0.0.1 without a parser of its own: the request carrying `X-Case: N`
     gets exactly `cases[N]`, then the connection is closed (or reset)."""
 
+    # the proxy went away first, sent no complete request head, or connected and sent
+    # nothing (CLIENT_TIMEOUT): close
+    QUIET = (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
     cases: dict[str, Wire] = field(default_factory=dict)
     served: set[str] = field(default_factory=set)
-    open: int = 0
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.open += 1
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         wire = None
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLIENT_TIMEOUT)
@@ -506,17 +490,9 @@ class RawUpstream:
             if wire is not None:
                 writer.write(wire.data)
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # the proxy went away first, or sent no complete request head
-        except TimeoutError:
-            pass  # the proxy connected but sent nothing: close
         finally:
             if wire is not None and wire.reset:
-                writer.transport.abort()
-            else:
-                writer.close()
-            self.open -= 1
-            self._tasks.discard(task)
+                writer.transport.abort()  # the close that follows is then a no-op
 
 
 @dataclass

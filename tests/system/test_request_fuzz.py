@@ -81,6 +81,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import RawServer
 from tests.system.test_fuzz import CI, SCALE, LoopThread, ProxyUnderTest, spawn_proxy
 
 # Behaviour of today's server (aiohttp's) that SPEC or RFC 9112 says is wrong; each has a strict
@@ -379,56 +380,31 @@ class Received:
 
 
 @dataclass
-class LaxUpstream:
+class LaxUpstream(RawServer):
     """HTTP/1.1 on 127.0.0.1, read like a WSGI/PHP environ reads it: field names are
     stripped, lower-cased and `_` becomes `-`; `chunked` anywhere in a Transfer-Encoding
     value means chunked and wins over Content-Length; lines may end in a bare LF.  A proxy
     that forwards anything such a backend frames differently from the proxy shows up here
     as an extra request, a body that differs, or an anomaly."""
 
+    QUIET = (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
     received: list[Received] = field(default_factory=list)
     connections: int = 0
-    open: int = 0
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _idle: set[asyncio.StreamWriter] = field(default_factory=set)  # waiting for a request
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close_idle(self) -> None:
         """Close the connections the proxy keeps in its pool (between cases only)."""
         for writer in list(self._idle):
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self.open += 1
         conn = self.connections
         try:
             while await self._one(conn, reader, writer):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except TimeoutError:
-            pass
         finally:
             self._idle.discard(writer)
-            writer.close()
-            self.open -= 1
-            self._tasks.discard(task)
 
     async def _one(
         self, conn: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
