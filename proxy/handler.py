@@ -30,14 +30,13 @@ from proxy.rules.verdict import Delivery
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import (
     FAILURE_KINDS,
-    OVERLOADED,
     PROTOCOL_ERROR,
     Failure,
     UpstreamFailure,
     is_retry_safe,
 )
 from proxy.upstream.forward import RequestBody, malformed_head, send, target_url
-from proxy.upstream.guards import REPLAY_LIMIT, Admission, UpstreamGuard, backoff_delay
+from proxy.upstream.guards import REPLAY_LIMIT, UpstreamGuard, backoff_delay
 from proxy.upstream.pool import Pool
 from proxy.wire import headers as h
 from proxy.wire.tracecontext import trace_context
@@ -180,7 +179,9 @@ class Proxy:
             admission = guard.admit()
             if admission.refusal is not None:
                 if held is None:
-                    return self._refuse(admission, route, trace_id, outcome)
+                    return self._refuse(
+                        admission.refusal, admission.retry_after, route, trace_id, outcome
+                    )
                 with held:  # the retry was refused: the last real outcome stands
                     return await self._deliver(call, held)
             if held is not None:
@@ -301,13 +302,12 @@ class Proxy:
         return reason if reason in policy.on else None
 
     def _refuse(
-        self, admission: Admission, route: Route, trace_id: str, outcome: Outcome
+        self, refusal: Failure, retry_after: int, route: Route, trace_id: str, outcome: Outcome
     ) -> web.StreamResponse:
         """503 before anything was sent (breaker open, concurrency limit): always
         retryable, always with Retry-After."""
-        refusal = admission.refusal or OVERLOADED
         self._metrics.upstream_failures.labels(route.upstream.name, refusal.kind).inc()
-        return self._failure(refusal, route, True, trace_id, outcome, admission.retry_after)
+        return self._failure(refusal, route, True, trace_id, outcome, retry_after)
 
     # -- WebSocket tunnels -----------------------------------------------------------------
 
@@ -334,7 +334,7 @@ class Proxy:
             )
         admission = guard.admit()
         if admission.refusal is not None:
-            return self._refuse(admission, route, trace_id, outcome)
+            return self._refuse(admission.refusal, admission.retry_after, route, trace_id, outcome)
         upstream = route.upstream
         fallback = route.fallback_retry_after
         outcome.attempts = 1
