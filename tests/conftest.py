@@ -306,3 +306,22 @@ async def connected() -> tuple[Pool, Connection, socket.socket]:
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(lambda: Connection(pool, key), sock=ours)
     return pool, conn, theirs
+
+
+async def status_and_verdict(url: str) -> tuple[int, str | None]:
+    """GET `url`: the status and the `Tunnelguard-Status` a flagging rule added, if any."""
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        await r.read()
+        return r.status, r.headers.get("Tunnelguard-Status")
+
+
+async def reload_counts(admin: str) -> dict[str, float]:
+    """`tunnelguard_config_reloads_total` by `result`, read from the admin's /metrics."""
+    async with aiohttp.ClientSession() as s, s.get(admin + "/metrics") as r:
+        text = await r.text()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("tunnelguard_config_reloads_total{"):
+            result = line.split('result="')[1].split('"')[0]
+            out[result] = float(line.rsplit(" ", 1)[1])
+    return out

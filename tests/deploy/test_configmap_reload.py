@@ -25,7 +25,14 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import ROOT, LoggedProcess, UpstreamFactory, run_tunnelguard
+from tests.conftest import (
+    ROOT,
+    LoggedProcess,
+    UpstreamFactory,
+    reload_counts,
+    run_tunnelguard,
+    status_and_verdict,
+)
 
 CONFIGMAP = ROOT / "deploy/kubernetes/configmap.yaml"
 KEY = "config.yaml"
@@ -114,23 +121,6 @@ async def sidecar(
             proc.wait()
 
 
-async def _get(url: str) -> tuple[int, str | None]:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        await r.read()
-        return r.status, r.headers.get("Tunnelguard-Status")
-
-
-async def _reloads(admin: str) -> dict[str, float]:
-    async with aiohttp.ClientSession() as s, s.get(admin + "/metrics") as r:
-        text = await r.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("tunnelguard_config_reloads_total{"):
-            result = line.split('result="')[1].split('"')[0]
-            out[result] = float(line.rsplit(" ", 1)[1])
-    return out
-
-
 FLAG_LINE = "\n    # action: flag\n"
 
 # A rule that does not parse: a JSON pointer must start with '/'.
@@ -177,8 +167,8 @@ async def test_configmap_update_reloads_and_a_bad_rule_is_rejected(
     p = sidecar(volume.path)
     (startup,) = await p.wait_for("startup")
     proxy, admin = str(startup["listen"]), str(startup["admin"])
-    assert await _get(proxy + "/api") == (401, None)  # rewritten
-    assert await _reloads(admin) == {"success": 0, "failure": 0}
+    assert await status_and_verdict(proxy + "/api") == (401, None)  # rewritten
+    assert await reload_counts(admin) == {"success": 0, "failure": 0}
 
     # 1. `kubectl apply` of the ConfigMap with `action: flag`: report-only from now on.
     volume.update(flag)
@@ -189,31 +179,31 @@ async def test_configmap_update_reloads_and_a_bad_rule_is_rejected(
     }
     (reload,) = await p.wait_for("reload")
     assert reload["result"] == "success" and reload["trigger"] == "watch", reload
-    assert await _get(proxy + "/api") == (200, "401")  # flagged, delivered as it was
-    assert await _reloads(admin) == {"success": 1, "failure": 0}
+    assert await status_and_verdict(proxy + "/api") == (200, "401")  # flagged, delivered as it was
+    assert await reload_counts(admin) == {"success": 1, "failure": 0}
 
     # 2. A rule that does not parse is rejected; the flag config keeps serving.
     volume.update(with_rule(flag, BAD_RULE))
     records = await p.wait_for("reload", 2)
     assert records[-1]["result"] == "failure" and records[-1]["trigger"] == "watch"
     assert "expected a JSON pointer starting with '/'" in str(records[-1]["errors"])
-    assert await _get(proxy + "/api") == (200, "401")
-    assert await _reloads(admin) == {"success": 1, "failure": 1}
+    assert await status_and_verdict(proxy + "/api") == (200, "401")
+    assert await reload_counts(admin) == {"success": 1, "failure": 1}
 
     # 3. A rule whose false positive the config's own tests catch is rejected too.
     volume.update(with_rule(flag, GREEDY_RULE))
     records = await p.wait_for("reload", 3)
     assert records[-1]["result"] == "failure"
     assert "ordinary JSON is left alone" in str(records[-1]["errors"])
-    assert await _get(proxy + "/api") == (200, "401")
-    assert await _reloads(admin) == {"success": 1, "failure": 2}
+    assert await status_and_verdict(proxy + "/api") == (200, "401")
+    assert await reload_counts(admin) == {"success": 1, "failure": 2}
 
     # 4. Back to the ConfigMap as shipped: rewriting again.
     volume.update(rewrite)
     records = await p.wait_for("reload", 4)
     assert records[-1]["result"] == "success"
-    assert await _get(proxy + "/api") == (401, None)
-    assert await _reloads(admin) == {"success": 2, "failure": 2}
+    assert await status_and_verdict(proxy + "/api") == (401, None)
+    assert await reload_counts(admin) == {"success": 2, "failure": 2}
     assert len([e for e in volume.entries() if e.startswith("..2026")]) == 1
 
     # 5. Pod deletion with the ConfigMap's drain (delay 5 s, timeout 25 s): not ready at
@@ -223,7 +213,7 @@ async def test_configmap_update_reloads_and_a_bad_rule_is_rejected(
     await p.wait_for("draining")
     async with aiohttp.ClientSession() as s, s.get(admin + "/readyz") as r:
         assert r.status == 503
-    assert await _get(proxy + "/api") == (401, None)
+    assert await status_and_verdict(proxy + "/api") == (401, None)
     code = await asyncio.to_thread(p.proc.wait, 40)
     elapsed = time.monotonic() - stopped
     assert code == 0

@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from proxy.serve.reload import ReloadResult, carry_over, try_load
@@ -17,7 +16,9 @@ from tests.conftest import (
     UpstreamFactory,
     lying_server,
     lying_upstream,
+    reload_counts,
     run_tunnelguard,
+    status_and_verdict,
     stop_processes,
 )
 
@@ -44,23 +45,6 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., LoggedProcess]]:
     stop_processes(procs, 10)
 
 
-async def _status(url: str) -> tuple[int, str | None]:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        await r.read()
-        return r.status, r.headers.get("Tunnelguard-Status")
-
-
-async def _reloads(admin: str) -> dict[str, float]:
-    async with aiohttp.ClientSession() as s, s.get(admin + "/metrics") as r:
-        text = await r.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("tunnelguard_config_reloads_total{"):
-            result = line.split('result="')[1].split('"')[0]
-            out[result] = float(line.rsplit(" ", 1)[1])
-    return out
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sighup_reloads_and_rejects(
     start_upstream: UpstreamFactory,
@@ -74,8 +58,8 @@ async def test_sighup_reloads_and_rejects(
     p = spawn("--config", str(path), "--workers", workers)
     (startup,) = await p.wait_for("startup")
     proxy, admin = str(startup["listen"]), str(startup["admin"])
-    assert await _status(proxy + "/a") == (401, None)
-    assert await _reloads(admin) == {"success": 0, "failure": 0}
+    assert await status_and_verdict(proxy + "/a") == (401, None)
+    assert await reload_counts(admin) == {"success": 0, "failure": 0}
 
     # a good config: report-only from now on
     path.write_text(config_text(upstream, action="flag"))
@@ -84,16 +68,16 @@ async def test_sighup_reloads_and_rejects(
     if workers != "1":  # each worker applies it a moment after the master checked it
         assert len(await p.wait_for("worker_reload", int(workers))) == int(workers)
     for _ in range(8):  # new connections, whichever worker takes them
-        assert await _status(proxy + "/a") == (200, "401")
-    assert await _reloads(admin) == {"success": 1, "failure": 0}
+        assert await status_and_verdict(proxy + "/a") == (200, "401")
+    assert await reload_counts(admin) == {"success": 1, "failure": 0}
 
     # a broken file is rejected: the old config keeps serving
     path.write_text("version: 1\nupstreams: [nope\n")
     p.proc.send_signal(signal.SIGHUP)
     failed = [r for r in await p.wait_for("reload", 2) if r["result"] == "failure"]
     assert failed and "invalid YAML" in str(failed[0]["errors"])
-    assert await _status(proxy + "/a") == (200, "401")
-    assert await _reloads(admin) == {"success": 1, "failure": 1}
+    assert await status_and_verdict(proxy + "/a") == (200, "401")
+    assert await reload_counts(admin) == {"success": 1, "failure": 1}
 
     # a config whose own tests fail is rejected too
     path.write_text(
@@ -107,8 +91,8 @@ async def test_sighup_reloads_and_rejects(
     records = await p.wait_for("reload", 3)
     assert records[-1]["result"] == "failure"
     assert "test 'wrong' failed" in str(records[-1]["errors"])
-    assert await _status(proxy + "/a") == (200, "401")
-    assert await _reloads(admin) == {"success": 1, "failure": 2}
+    assert await status_and_verdict(proxy + "/a") == (200, "401")
+    assert await reload_counts(admin) == {"success": 1, "failure": 2}
 
 
 async def test_watch_reloads_on_file_change(
@@ -120,14 +104,14 @@ async def test_watch_reloads_on_file_change(
     p = spawn("--config", str(path), "--watch")
     (startup,) = await p.wait_for("startup")
     proxy = str(startup["listen"])
-    assert await _status(proxy + "/a") == (401, None)
+    assert await status_and_verdict(proxy + "/a") == (401, None)
     # replace the file the way Kubernetes updates a ConfigMap: a new file renamed over it
     new = tmp_path / "c.yaml.new"
     new.write_text(config_text(upstream, action="flag"))
     new.replace(path)
     (record,) = await p.wait_for("reload")
     assert record["result"] == "success" and record["trigger"] == "watch"
-    assert await _status(proxy + "/a") == (200, "401")
+    assert await status_and_verdict(proxy + "/a") == (200, "401")
 
 
 async def test_in_flight_requests_finish_on_their_config(
@@ -140,7 +124,7 @@ async def test_in_flight_requests_finish_on_their_config(
     p = spawn("--config", str(path))
     (startup,) = await p.wait_for("startup")
     proxy = str(startup["listen"])
-    slow = asyncio.ensure_future(_status(proxy + "/a?s=1.5"))
+    slow = asyncio.ensure_future(status_and_verdict(proxy + "/a?s=1.5"))
     for _ in range(200):  # until the slow request is in flight (it reached the upstream)
         if server.seen:
             break
@@ -149,7 +133,7 @@ async def test_in_flight_requests_finish_on_their_config(
     path.write_text(config_text(upstream, action="flag"))
     p.proc.send_signal(signal.SIGHUP)
     await p.wait_for("reload")
-    assert await _status(proxy + "/b") == (200, "401")  # new requests: the new config
+    assert await status_and_verdict(proxy + "/b") == (200, "401")  # new requests: the new config
     assert await slow == (401, None)  # the one in flight: the config it started with
 
 
