@@ -9,8 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
+from proxy.downstream.request import Request
 from proxy.rules.snapshot import Route, Runtime
 from proxy.rules.verdict import Delivery, Verdict
 from proxy.upstream.connection import Response
@@ -48,7 +47,7 @@ class Outcome:
 class Call:
     """What every attempt of one forwarded request shares."""
 
-    request: web.BaseRequest
+    request: Request
     route: Route
     runtime: Runtime  # the snapshot the request started with (SPEC 4.6)
     trace_id: str

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import ClientSession, hdrs, web
 from yarl import URL
 
 from proxy import websocket as ws
 from proxy.downstream import writers
-from proxy.downstream.server import refused_status
+from proxy.downstream.request import Request
+from proxy.downstream.writers import Answer
 from proxy.exchange import Call, Outcome, Plan, release
 from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
@@ -101,7 +103,9 @@ class Proxy:
             self._guards[upstream.name] = guard
         return guard
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Answer | web.StreamResponse:
+        """Answer one request: ours (`downstream.request.Request`), or aiohttp's for a
+        WebSocket handshake the server handed off."""
         self.active += 1
         try:
             return await self._handle(request)
@@ -110,7 +114,7 @@ class Proxy:
 
     # -- the request's story ---------------------------------------------------------------
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: Request) -> Answer | web.StreamResponse:
         """Route it, forward it (in flight meanwhile), and record how it ended."""
         started = time.perf_counter()
         runtime = self._runtime()  # this request keeps this snapshot, even across a reload
@@ -139,7 +143,8 @@ class Proxy:
             )
         except asyncio.CancelledError:
             if not outcome.code:  # the server layer refused it, or the client hung up (499)
-                outcome.answered_by_proxy(refused_status(request) or CLIENT_CLOSED)
+                refusal = getattr(request, "refusal", None)  # stopped mid-body by the server
+                outcome.answered_by_proxy(refusal.status if refusal else CLIENT_CLOSED)
             raise
         finally:
             gauge.dec()
@@ -147,7 +152,7 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         route: Route,
         runtime: Runtime,
         path: str,
@@ -155,16 +160,18 @@ class Proxy:
         trace_id: str,
         traceparent: str,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> Answer | web.StreamResponse:
         """Clean the headers, then attempt (admitted by the upstream's guards) until an
         answer is deliverable or no retry is allowed, and deliver it.  `path` is the
         request target in origin form; `named_host` the authority an absolute-form target
         named (it replaces Host)."""
         guard = self.guard(route)
         headers = self._upstream_headers(request, route, named_host, trace_id, traceparent)
-        if ws.requested(request):  # SPEC 7: tunnelled once the upstream answers 101
+        handshake: Any = request
+        if isinstance(handshake, web.BaseRequest):  # a WebSocket handshake, handed off by
+            # the server to aiohttp's: tunnelled once the upstream answers 101 (SPEC 7)
             url = target_url(route.base_url, route.upstream_target(path))
-            return await self._tunnel(request, route, guard, headers, url, trace_id, outcome)
+            return await self._tunnel(handshake, route, guard, headers, url, trace_id, outcome)
         call = Call(
             request, route, runtime, trace_id, outcome, headers,
             target=route.upstream_target(path),
@@ -204,7 +211,7 @@ class Proxy:
 
     def _upstream_headers(
         self,
-        request: web.BaseRequest,
+        request: Request,
         route: Route,
         named_host: str | None,
         trace_id: str,
@@ -220,7 +227,7 @@ class Proxy:
             scheme=request.scheme,
             upstream_host=route.upstream_host or named_host,
             traceparent=traceparent,
-            new_trace=trace_id not in request.headers.get("traceparent", ""),
+            new_trace=trace_id not in (request.headers.get("traceparent") or ""),
         )
         if route.authorization is not None and hdrs.AUTHORIZATION not in request.headers:
             headers.append(("Authorization", route.authorization))
@@ -230,9 +237,9 @@ class Proxy:
         """Keep a small body for a replay (SPEC 6.3), or stream it; with `Expect:
         100-continue` the upstream decides whether the client sends it (SPEC 7)."""
         request = call.request
-        if writers.expects_continue(request):
+        if writers.expects_continue(request) and request.out is not None:
             call.body = RequestBody(None, request.content, length=request.content_length)
-            call.on_continue = writers.Continue(request)
+            call.on_continue = request.out.send_continue
         else:
             call.body = await RequestBody.read(
                 request.content, request.content_length, REPLAY_LIMIT
@@ -303,7 +310,7 @@ class Proxy:
 
     def _refuse(
         self, refusal: Failure, retry_after: int, route: Route, trace_id: str, outcome: Outcome
-    ) -> web.StreamResponse:
+    ) -> Answer:
         """503 before anything was sent (breaker open, concurrency limit): always
         retryable, always with Retry-After."""
         self._metrics.upstream_failures.labels(route.upstream.name, refusal.kind).inc()
@@ -320,7 +327,7 @@ class Proxy:
         url: URL,
         trace_id: str,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> Answer | web.StreamResponse:
         """Open the upstream WebSocket, then relay until either side closes (see
         `websocket`).  The handshake is admitted like any request (breaker, concurrency
         limit) and never retried; an open tunnel holds no concurrency slot.  Counted as
@@ -392,7 +399,7 @@ class Proxy:
             plan.delivery = decision.delivery
         return plan
 
-    async def _deliver(self, call: Call, plan: Plan) -> web.StreamResponse:
+    async def _deliver(self, call: Call, plan: Plan) -> Answer:
         """Answer the client: from the failure table, relayed as it arrives, or buffered
         (rewritten or flagged when a rule matched)."""
         route, outcome = call.route, call.outcome
@@ -406,8 +413,10 @@ class Proxy:
         outcome.code = outcome.true_status = resp.status
         fallback = route.fallback_retry_after
         if plan.raw is None:
+            out = call.request.out
+            assert out is not None  # set by the connection for every request it handles
             response, broke = await writers.relay(
-                call.request, resp, plan.headers, plan.already, fallback, self.closing
+                out, resp, plan.headers, plan.already, fallback, self.closing
             )
             if broke is not None:  # after the head: the client connection was aborted
                 self._metrics.upstream_failures.labels(route.upstream.name, broke.kind).inc()
@@ -426,7 +435,7 @@ class Proxy:
         trace_id: str,
         outcome: Outcome,
         retry_after: int | None,
-    ) -> web.StreamResponse:
+    ) -> Answer:
         """Answer from the failure table (SPEC 6.1) with a problem body (6.2)."""
         outcome.answered_by_proxy(failure.status)
         outcome.failure = failure
@@ -436,18 +445,17 @@ class Proxy:
                 "; the upstream may have completed the request, so it is not safe to retry "
                 "blindly (RFC 9110 9.2.2)"
             )
-        response = writers.problem(
-            failure.status, failure.error, detail, trace_id, retry_after, self.closing
-        )
-        response.headers["Proxy-Status"] = f"tunnelguard; error={failure.error}"
-        return response
+        return writers.problem(
+            failure.status, failure.error, detail, trace_id, retry_after, self.closing,
+            extra=[("Proxy-Status", f"tunnelguard; error={failure.error}")],
+        )  # fmt: skip
 
     # -- recording -------------------------------------------------------------------------
 
     def _record(
         self,
         route: str,
-        request: web.BaseRequest,
+        request: Request,
         path: str,
         outcome: Outcome,
         started: float,

@@ -55,21 +55,6 @@ Close = tuple[int, str]
 Socket = web.WebSocketResponse | ClientWebSocketResponse
 
 
-def requested(request: web.BaseRequest) -> bool:
-    """A WebSocket opening handshake (RFC 6455 4.1): GET with `Upgrade: websocket` and
-    `upgrade` among the `Connection` options.  Any other `Upgrade` (h2c, ...) is not
-    supported: such a request is proxied as plain HTTP, without its hop-by-hop headers."""
-    if request.method != hdrs.METH_GET:
-        return False
-    if request.headers.get(hdrs.UPGRADE, "").strip().lower() != "websocket":
-        return False
-    return any(
-        token.strip().lower() == "upgrade"
-        for value in request.headers.getall(hdrs.CONNECTION, ())
-        for token in value.split(",")
-    )
-
-
 def well_formed(request: web.BaseRequest, protocols: tuple[str, ...]) -> bool:
     """The client's key and version are usable: the proxy can complete its handshake."""
     return web.WebSocketResponse(protocols=protocols).can_prepare(request).ok

@@ -11,14 +11,6 @@ from typing import Any
 CHECKED_VERSION = "3.14.5"
 
 
-def parsed_messages(handler: Any) -> int:
-    """How many request heads `web_protocol.RequestHandler` has parsed on its connection
-    (`_request_count`).  aiohttp has no hook for "a request head was parsed"; the server
-    compares this before and after feeding bytes (read only)."""
-    count: int = handler._request_count
-    return count
-
-
 def no_silent_retry(session: Any) -> None:
     """aiohttp silently re-sends an idempotent request once when a pooled connection drops
     before the response head.  Every attempt must be ours: counted, budgeted and bounded by
@@ -37,7 +29,9 @@ def name_the_server(name: str) -> None:
     """aiohttp's server adds `Server: Python/3.x aiohttp/3.y` to every response that has no
     `Server` header, from the module global `web_response.SERVER_SOFTWARE` read at each
     response: a version disclosure on every answer tunnelguard generates (and on upstream
-    answers that carry no `Server`).  Set it to `name`, without versions, for this process."""
+    answers that carry no `Server`).  Set it to `name`, without versions, for this process
+    (the proxy listener's own server writes no `Server`; aiohttp serves the admin listener
+    and the WebSocket handshakes)."""
     from aiohttp import web_response
 
     web_response.SERVER_SOFTWARE = name  # type: ignore[attr-defined]

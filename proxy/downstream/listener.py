@@ -1,6 +1,6 @@
 """The proxy's listening sockets, accepted from only while there is room
 (`server.max_connections`, SPEC 4.7): further clients wait in the kernel's listen
-backlog.  An asyncio server cannot pause accepting, so `ListenSite` accepts itself.
+backlog.  An asyncio server cannot pause accepting, so `Acceptor` accepts itself.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable, Iterable
-
-from aiohttp import web
 
 from proxy.config.model import Listen
 
@@ -43,42 +41,6 @@ class ConnectionGate:
                 self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
-
-
-class ListenSite(web.BaseSite):
-    """A listening site that stops accepting while `gate` is full.  It binds
-    `listen` itself, or serves `sock` (a `--workers N` worker's inherited socket)."""
-
-    __slots__ = ("_gate", "_listen", "_sock")
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        listen: Listen,
-        gate: ConnectionGate,
-        *,
-        sock: socket.socket | None = None,
-        backlog: int = 1024,
-    ) -> None:
-        super().__init__(runner, backlog=backlog)
-        self._listen = listen
-        self._sock = sock
-        self._gate = gate
-
-    @property
-    def name(self) -> str:
-        return f"http://{self._listen}"
-
-    async def start(self) -> None:
-        await super().start()
-        server = self._runner.server
-        if server is None:  # pragma: no cover - BaseSite checks it first
-            raise RuntimeError("the runner is not set up")
-        if self._sock is not None:
-            sockets = [self._sock]
-        else:
-            sockets = await bind(self._listen, self._backlog)
-        self._server = Acceptor(sockets, server, self._gate)
 
 
 class Acceptor(asyncio.AbstractServer):

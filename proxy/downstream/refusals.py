@@ -48,6 +48,10 @@ HEAD_TOO_LARGE = Refusal(
 BODY_TOO_LARGE = Refusal(
     413, "request_body_too_large", "the request body is larger than server.max_request_body"
 )
+VERSION_NOT_SUPPORTED = Refusal(
+    505, "http_version_not_supported",
+    "only HTTP/1.0 and HTTP/1.1 are served on this listener (RFC 9110 15.6.6)",
+)  # fmt: skip
 INTERNAL = Refusal(500, "internal_error", "tunnelguard failed while handling the request")
 HANDLER_TIMEOUT = Refusal(504, "gateway_timeout", "tunnelguard timed out handling the request")
 

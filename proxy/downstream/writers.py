@@ -1,14 +1,25 @@
-"""Writing responses to the client: buffered, streamed, or generated (problem+json).
+"""Building responses to the client: buffered, streamed, or generated (problem+json).
 
-Every writer tolerates a client that went away (ConnectionError): aiohttp sees the
-closed transport and stops.  `closing` marks responses sent while draining
-(`Connection: close`, SPEC 6.3).
+The handler returns an `Answer`.  A buffered one (`body` set) is written by the
+connection after the handler returned, head and body in one write; a streamed one was
+started on the connection's `Output` while the handler ran (`relay`) and is completed
+by the connection after the handler returned (see `Output.finish`): so a client that has
+the complete response finds the request counted, even in another process's /metrics
+(`Metrics(shared=True)`).  `closing` asks for `Connection: close` (draining, SPEC 6.3).
+
+`head()` is the one serializer of a response head: always an HTTP/1.1 status line
+(RFC 9112 2.6: the highest minor version the server supports), the headers in order, then
+the framing the connection chose.  Header text is written as UTF-8, which round-trips what
+`wire.headers.response_headers` decoded (docs/security.md).
 """
 
 from __future__ import annotations
 
-from aiohttp import HttpVersion11, hdrs, web
-from multidict import CIMultiDict
+import email.utils
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Protocol
 
 from proxy.rules.verdict import Delivery, with_retry_after
 from proxy.upstream.connection import Response
@@ -17,18 +28,86 @@ from proxy.upstream.forward import iter_body
 from proxy.wire import headers as h
 from proxy.wire.problem import CONTENT_TYPE, problem_body
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+GENERATED_BY = "tunnelguard"  # `Server` of the answers tunnelguard generates
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
-def start(
-    status: int, reason: str | None, headers: h.Headers, retry_after: int, closing: bool
-) -> Relayed:
-    response = Relayed(
-        status=status,
-        reason=reason,
-        headers=CIMultiDict(with_retry_after(status, headers, retry_after)),
-    )
-    if closing:
-        response.force_close()
-    return response
+
+class Answer:
+    """What the handler answers: status, reason (None: the standard phrase), headers
+    (without framing), and the whole `body`, or None when it was streamed on the
+    connection (`relay`)."""
+
+    __slots__ = ("body", "closing", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: h.Headers,
+        body: bytes | None,
+        *,
+        reason: str | None = None,
+        closing: bool = False,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.closing = closing
+
+
+class Output(Protocol):
+    """The connection's side of a streamed response (`http1.ClientConnection`)."""
+
+    def start(
+        self, status: int, reason: str | None, headers: h.Headers, length: int | None, closing: bool
+    ) -> None: ...
+
+    async def send(self, chunk: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+    async def send_continue(self) -> None: ...
+
+
+def reason_of(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+class _Clock:
+    """The `Date` header value, formatted once a second."""
+
+    second = 0
+    text = b""
+
+    @classmethod
+    def date(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.text = email.utils.formatdate(now, usegmt=True).encode("ascii")
+        return cls.text
+
+
+def head(status: int, reason: str | None, headers: h.Headers, framing: bytes) -> bytes:
+    """A response head: status line, `headers` in order, `Date` when they carry none
+    (RFC 9110 6.6.1: a proxy forwarding a response without one adds it), then `framing`
+    (Content-Length or Transfer-Encoding, Connection) and the blank line.  A value
+    with CR or LF (never from llhttp, which refuses them) would split the head, so it
+    raises ValueError instead."""
+    lines = [f"HTTP/1.1 {status} {reason or reason_of(status)}\r\n"]
+    dated = False
+    for name, value in headers:
+        if not dated and len(name) == 4 and name.lower() == "date":
+            dated = True
+        lines.append(f"{name}: {value}\r\n")
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("a response header contains CR or LF")
+    data = text.encode("utf-8")
+    if not dated:
+        data += b"Date: " + _Clock.date() + b"\r\n"
+    return data + framing + b"\r\n"
 
 
 def problem(
@@ -38,89 +117,58 @@ def problem(
     trace_id: str,
     retry_after: int | None = None,
     closing: bool = False,
-) -> web.Response:
+    extra: h.Headers | None = None,
+) -> Answer:
     """A response tunnelguard generates itself (SPEC 6.2): `retryable` is true exactly
     when it carries Retry-After."""
     body = problem_body(status, error, detail, trace_id, retryable=retry_after is not None)
-    response = web.Response(status=status, body=body, content_type=CONTENT_TYPE)
-    response.headers["Cache-Control"] = "no-store"
+    headers = [
+        ("Content-Type", CONTENT_TYPE),
+        ("Cache-Control", "no-store"),
+        ("Server", GENERATED_BY),  # the proxy answered; no software versions (issue 18 point 4)
+    ]
     if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    if closing:
-        response.force_close()
-    return response
+        headers.append(("Retry-After", str(retry_after)))
+    if extra:
+        headers.extend(extra)
+    return Answer(status, headers, body, closing=closing)
 
 
-def buffered(delivery: Delivery, raw: bytes, retry_after: int, closing: bool) -> web.Response:
-    """An answer with a fully buffered body (the upstream's `raw` unless replaced).
-    Returned to aiohttp, which writes head and body in one write (one system call, one
-    packet) once the handler has returned."""
+def buffered(delivery: Delivery, raw: bytes, retry_after: int, closing: bool) -> Answer:
+    """An answer with a fully buffered body (the upstream's `raw` unless replaced)."""
     body = raw if delivery.body is None else delivery.body
     headers = with_retry_after(delivery.status, delivery.headers, retry_after)
-    response = web.Response(body=body, status=delivery.status, headers=headers)  # one copy
-    if closing:
-        response.force_close()
-    return response
-
-
-class Relayed(web.StreamResponse):
-    """A streamed response that completes only when aiohttp calls `write_eof`, once the
-    handler has returned and counted the request: the chunked terminator, or with a
-    Content-Length the last body bytes (`tail`), wait until then.  So a client that has
-    the complete response finds it counted, even in another process's /metrics
-    (`Metrics(shared=True)`)."""
-
-    tail = b""  # the body's last bytes, held back
-    left: int | None = None  # body bytes still to come, with a Content-Length
-
-    async def send(self, chunk: bytes) -> None:
-        """Write a body chunk, or keep it as the `tail` when it ends the body."""
-        left = self.left
-        if left is not None:
-            left = self.left = left - len(chunk)
-            if left <= 0:
-                self.tail += chunk
-                return
-        await self.write(chunk)
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        tail = self.tail
-        if tail:
-            self.tail = b""
-            data = tail + data
-        await super().write_eof(data)
+    return Answer(delivery.status, headers, body, closing=closing)
 
 
 async def relay(
-    request: web.BaseRequest,
+    out: Output,
     resp: Response,
     headers: h.Headers,
     already: list[bytes],
     retry_after: int,
     closing: bool,
-) -> tuple[Relayed, Failure | None]:
+) -> tuple[Answer, Failure | None]:
     """Relay the upstream body as it arrives, after any `already` buffered chunks; the
-    response is completed by aiohttp after the handler returns (see `Relayed`).
+    connection completes it after the handler returned.
 
     A failure after the head was sent aborts the client connection: a truncated body
     must never look like a complete one (SPEC 6.1, last row).  The failure is returned
     for counting."""
-    response = start(resp.status, resp.reason, headers, retry_after, closing)
-    if resp.content_length is not None:
-        response.content_length = response.left = resp.content_length
+    headers = with_retry_after(resp.status, headers, retry_after)
+    answer = Answer(resp.status, headers, None, reason=resp.reason, closing=closing)
+    out.start(resp.status, resp.reason, headers, resp.content_length, closing)
     try:
-        await response.prepare(request)
         for chunk in already:
-            await response.send(chunk)
+            await out.send(chunk)
         async for chunk in iter_body(resp):
-            await response.send(chunk)
+            await out.send(chunk)
     except UpstreamFailure as failed:
-        if request.transport is not None:
-            request.transport.abort()
-        return response, failed.failure
+        out.abort()
+        return answer, failed.failure
     except ConnectionError:
-        return response, None  # the client went away; nothing more to send
-    return response, None
+        return answer, None  # the client went away; nothing more to send
+    return answer, None
 
 
 async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
@@ -139,28 +187,27 @@ async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
     return chunks, True
 
 
-def expects_continue(request: web.BaseRequest) -> bool:
+class _Headers(Protocol):
+    def get(self, name: str, default: str | None = None) -> str | None: ...
+
+
+class _Expecting(Protocol):
+    @property
+    def version(self) -> tuple[int, int]: ...
+
+    @property
+    def headers(self) -> _Headers: ...
+
+
+def expects_continue(request: _Expecting) -> bool:
     """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
     return (
-        request.version >= HttpVersion11
-        and request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
+        tuple(request.version) >= (1, 1)
+        and (request.headers.get("expect") or "").strip().lower() == "100-continue"
     )
 
 
-class Continue:
-    """Tells the client to send its body (`100 Continue`, RFC 9110 10.1.1), once: called
-    when the upstream has answered the forwarded expectation with its own 100."""
-
-    __slots__ = ("_request", "_sent")
-
-    def __init__(self, request: web.BaseRequest) -> None:
-        self._request = request
-        self._sent = False
-
-    async def __call__(self) -> None:
-        if self._sent:
-            return
-        self._sent = True
-        writer = self._request.writer
-        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        writer.output_size = 0  # an interim response: the real one has not started
+def continuer(out: Output) -> Callable[[], Awaitable[None]]:
+    """Tells the client to send its body (`100 Continue`), once: called when the
+    upstream has answered the forwarded expectation with its own 100."""
+    return out.send_continue

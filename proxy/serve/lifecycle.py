@@ -13,8 +13,7 @@ from collections.abc import Callable, Coroutine
 from aiohttp import ClientSession, web
 
 from proxy.config.model import Config
-from proxy.downstream.listener import ListenSite
-from proxy.downstream.server import Accounting, GuardedServer
+from proxy.downstream.server import Accounting, ProxyServer
 from proxy.handler import Proxy
 from proxy.observe.logs import Log
 from proxy.observe.metrics import Metrics
@@ -55,7 +54,7 @@ class TunnelGuard:
         self._session: ClientSession | None = None
         self._pool: Pool | None = None
         self._proxy: Proxy | None = None
-        self._proxy_runner: web.BaseRunner | None = None
+        self._server: ProxyServer | None = None
         self._runners: list[web.BaseRunner] = []
         self.proxy_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -75,23 +74,11 @@ class TunnelGuard:
             lambda: self.runtime, self._session, self.metrics, self.log, self._pool
         )
         proxy.prepare(self.runtime)
-        server = GuardedServer(  # client-side limits and request framing (SPEC 4.7, 7)
-            proxy.handle,
-            limits=config.server,
-            accounting=Accounting(self.metrics, self.log),
-            handler_cancellation=True,  # a client that hangs up cancels its upstream call
-            keepalive_timeout=config.server.keepalive_timeout,
-            auto_decompress=False,  # request bodies are forwarded as sent
-            access_log=None,  # tunnelguard writes its own (SPEC section 9)
+        server = self._server = ProxyServer(  # client-side limits, framing (SPEC 4.7, 7)
+            proxy.handle, limits=config.server, accounting=Accounting(self.metrics, self.log)
         )
-        # drain() waits for in-flight requests itself (up to drain.timeout); the runner's
-        # own wait only cancels what is left after that
-        self._proxy_runner = web.ServerRunner(server, shutdown_timeout=_CANCEL_GRACE)
-        # at max_connections the site stops accepting: the rest wait in the listen backlog
-        self.proxy_address = await self._listen(
-            self._proxy_runner,
-            lambda r: ListenSite(r, config.listen, server.gate, sock=self._listen_socket),
-        )
+        # at max_connections it stops accepting: the rest wait in the listen backlog
+        self.proxy_address = await server.start(config.listen, self._listen_socket)
         if not self._admin:
             self.log.event("worker_startup", pid=os.getpid(), listen=url_of(self.proxy_address))
             return
@@ -158,22 +145,22 @@ class TunnelGuard:
         self.log.event("draining", delay=drain.delay, timeout=drain.timeout)
         if drain.delay > 0:
             await asyncio.sleep(drain.delay)
-        runner, proxy = self._proxy_runner, self._proxy
+        server, proxy = self._server, self._proxy
         if proxy is not None:
             proxy.closing = True
-        if runner is not None and proxy is not None:
-            for site in list(runner.sites):
-                await site.stop()  # new connections are refused from here on
+        if server is not None and proxy is not None:
+            server.closing = True  # each connection closes after its current answer
+            server.stop_accepting()  # new connections are refused from here on
             deadline = time.monotonic() + drain.timeout
             while proxy.active and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-            self._runners.remove(runner)
-            await runner.cleanup()  # closes idle connections, cancels what is left
-            self._proxy_runner = None
         await self.stop()
 
     async def stop(self) -> None:
         self.draining = True
+        if self._server is not None:  # closes idle connections, cancels what is left
+            server, self._server = self._server, None
+            await server.shutdown(_CANCEL_GRACE)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from aiohttp import ClientSession
@@ -117,6 +118,14 @@ def target_url(base: str, raw_path: str) -> URL:
     return URL(base + raw_path, encoded=True)
 
 
+class BodyStream(Protocol):
+    """The client's body as the server receives it (`downstream.request.Body`)."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+    async def readany(self) -> bytes: ...
+
+
 class RequestBody:
     """The client's request body as sent upstream.
 
@@ -130,7 +139,7 @@ class RequestBody:
     def __init__(
         self,
         data: bytes | None,
-        stream: aiohttp.StreamReader | None = None,
+        stream: BodyStream | None = None,
         prefix: bytes = b"",
         length: int | None = None,
     ) -> None:
@@ -160,9 +169,7 @@ class RequestBody:
                 yield chunk
 
     @classmethod
-    async def read(
-        cls, stream: aiohttp.StreamReader, length: int | None, replay_limit: int
-    ) -> RequestBody:
+    async def read(cls, stream: BodyStream, length: int | None, replay_limit: int) -> RequestBody:
         """Buffer up to `replay_limit` bytes of `stream`, or stream it."""
         if length is not None and length > replay_limit:
             return cls(None, stream, length=length)

@@ -3,43 +3,15 @@ exists and means what the shim assumes."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-
 import aiohttp
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from proxy.compat.aiohttp_private import (
     handshake_response,
     name_the_server,
     no_silent_retry,
-    parsed_messages,
 )
 from tests.conftest import serving
-
-
-async def test_parsed_messages_counts_request_heads() -> None:
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(text="ok")
-
-    loop = asyncio.get_running_loop()
-    protocol = RequestHandler(web.Server(handler), loop=loop)
-    ours, theirs = socket.socketpair()
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
-    client_reader, client_writer = await asyncio.open_connection(sock=theirs)
-    try:
-        assert parsed_messages(protocol) == 0
-        client_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        await client_writer.drain()
-        await asyncio.sleep(0.05)
-        assert parsed_messages(protocol) == 0  # the head is not complete yet
-        client_writer.write(b"\r\n")
-        await asyncio.wait_for(client_reader.readuntil(b"ok"), 5)
-        assert parsed_messages(protocol) == 1
-    finally:
-        client_writer.close()
-        transport.close()
 
 
 async def test_no_silent_retry_sets_the_switch_aiohttp_reads() -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from proxy.config.load import parse_text
 from proxy.config.model import Listen
-from proxy.downstream.server import GuardedProtocol
+from proxy.downstream.http1 import ClientConnection
 from proxy.observe.logs import Log
 from proxy.serve.lifecycle import TunnelGuard
 from proxy.serve.workers import ProxyPort, reuse_port_spreads
@@ -388,9 +388,9 @@ async def test_a_worker_writes_a_request_s_samples_before_its_response_is_comple
         return sum(child._value.get() for child in children.values())
 
     writes: list[float] = []  # requests written to the files at each write to a client
-    made = GuardedProtocol.connection_made
+    made = ClientConnection.connection_made
 
-    def spied(protocol: GuardedProtocol, transport: asyncio.BaseTransport) -> None:
+    def spied(protocol: ClientConnection, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         write, writelines = transport.write, transport.writelines
 
@@ -406,7 +406,7 @@ async def test_a_worker_writes_a_request_s_samples_before_its_response_is_comple
         transport.writelines = writelines_spied  # type: ignore[method-assign]
         made(protocol, transport)
 
-    monkeypatch.setattr(GuardedProtocol, "connection_made", spied)
+    monkeypatch.setattr(ClientConnection, "connection_made", spied)
     await worker.start()
     try:
         assert worker.proxy_address is not None

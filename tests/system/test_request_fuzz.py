@@ -88,15 +88,15 @@ from tests.system.test_fuzz import CI, SCALE, LoopThread, ProxyUnderTest, spawn_
 # xfail reproduction at the end of the module.  While True, the fuzzer tolerates it; once the
 # server is fixed the reproduction XPASSes (a failure: strict) and the flag goes.
 KNOWN_BUGS = {
-    # aiohttp drops the requests its parser completed in the same read as a parser error (and
-    # llhttp errors on any byte after a `Connection: close` or HTTP/1.0 request): the valid
-    # request gets the 400 meant for what follows it, and is never forwarded.
-    "valid request refused for what follows it": True,
+    # aiohttp dropped the requests its parser completed in the same read as a parser error:
+    # the valid request got the 400 meant for what follows it.  Fixed by the proxy's own
+    # server (downstream/http1.py: a refusal waits for its turn in the pipeline).
+    "valid request refused for what follows it": False,
     # SPEC 8 "unknown methods are forwarded": llhttp refuses methods it has no table entry for.
     "extension method refused": True,
-    # `HTTP/0.9` and `HTTP/2.0` request lines are forwarded; the answer's status line echoes
-    # that version (RFC 9110 6.2: HTTP/1.1, or 505).
-    "request version echoed in the status line": True,
+    # `HTTP/0.9` and `HTTP/2.0` request lines were forwarded and the status line echoed that
+    # version (RFC 9110 6.2: HTTP/1.1, or 505).  Fixed: 505 (downstream/http1.py).
+    "request version echoed in the status line": False,
 }
 
 
@@ -1389,13 +1389,11 @@ FOLLOWERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_BUGS: valid request refused for what follows it")
 @pytest.mark.parametrize("follower", sorted(FOLLOWERS))
 def test_a_valid_request_is_answered_whatever_follows_it(harness: Harness, follower: str) -> None:
     """RFC 9112 9.3.2, 9.6: pipelined requests are answered in order; after a `close` the
-    server answers, then closes.  Today the 400 meant for the second request (or for any byte
-    after a `close`) answers the first when both arrive in one read; it is never forwarded.
-    Delivered in two reads (`splits`), the first is answered: the fuzzer tolerates this."""
+    server answers, then closes.  On aiohttp's server the 400 meant for the second request (or
+    for any byte after a `close`) answered the first when both arrived in one read."""
     first, second = FOLLOWERS[follower]
     exchange = harness.run(Case(first + second))
     assert exchange.problems == [], exchange.explain()
@@ -1413,14 +1411,13 @@ def test_an_extension_method_is_forwarded(harness: Harness, method: bytes) -> No
     assert [r.echo for r in exchange.talk.responses] == [echo], exchange.explain()
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_BUGS: request version echoed in the status line")
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
 def test_the_answer_speaks_http_1_whatever_version_the_request_names(
     harness: Harness, version: bytes
 ) -> None:
     """RFC 9110 6.2: a server answers with the highest version it conforms to whose major is
-    at most the request's (HTTP/1.1), or refuses (505).  Today `GET / HTTP/2.0` and
-    `HTTP/0.9` are forwarded and answered `HTTP/2.0 200 OK` / `HTTP/0.9 200 OK`."""
+    at most the request's (HTTP/1.1), or refuses (505).  On aiohttp's server `GET / HTTP/2.0`
+    and `HTTP/0.9` were forwarded and answered `HTTP/2.0 200 OK` / `HTTP/0.9 200 OK`."""
     exchange = harness.run(Case(_GET0.replace(b"HTTP/1.1", version) + b"\r\n"))
     assert exchange.talk.responses, exchange.explain()
     assert all(r.version in (b"1.1", b"1.0") for r in exchange.talk.responses), exchange.explain()
