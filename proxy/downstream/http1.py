@@ -39,7 +39,7 @@ import httptools
 from proxy.config.model import ServerLimits
 from proxy.downstream import refusals, writers
 from proxy.downstream.refusals import Refusal
-from proxy.downstream.request import Body, Request, websocket_requested
+from proxy.downstream.request import NO_BODY, Body, Request, websocket_requested
 from proxy.wire import headers as h
 from proxy.wire.deadline import Deadline
 from proxy.wire.tracecontext import new_trace_id, trace_context
@@ -57,6 +57,7 @@ LINGER = 2.0  # seconds input is read away after a closing answer (see module do
 # keep the connection; a longer remainder closes it instead.
 DISCARD_LIMIT = 64 * 1024
 
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}  # the versions served (else 505)
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -194,6 +195,12 @@ class ClientConnection(asyncio.Protocol):
             if not drain.done():
                 drain.set_result(None)
 
+    def pause_body(self) -> None:
+        self._pause(_BODY)
+
+    def resume_body(self) -> None:
+        self._resume(_BODY)
+
     def _pause(self, reason: int) -> None:
         if not self._paused and self._transport is not None:
             self._transport.pause_reading()
@@ -285,7 +292,7 @@ class ClientConnection(asyncio.Protocol):
             self._deadline.clear()
         parser = self._parser
         headers = self._headers
-        version = parser.get_http_version()
+        version = _VERSIONS.get(parser.get_http_version())
         length: int | None = None
         chunked = False
         codings: list[str] = []
@@ -295,16 +302,16 @@ class ClientConnection(asyncio.Protocol):
             elif len(name) == 17 and name.lower() == b"transfer-encoding":
                 codings.append(value.decode("latin-1"))
                 chunked = True
-        major, _, minor = version.partition(".")
+        body_exists = chunked or bool(length)
         request = Request(
             parser.get_method().decode("ascii"),
             self._url.decode("latin-1"),
-            (int(major), int(minor or 0)),
+            version or (0, 9),
             headers,
             self._remote,
-            Body(lambda: self._pause(_BODY), lambda: self._resume(_BODY)),
+            Body(self) if body_exists else NO_BODY,
             content_length=length,
-            body_exists=chunked or bool(length),
+            body_exists=body_exists,
             keep_alive=parser.should_keep_alive(),
             upgrade=parser.should_upgrade(),
         )
@@ -344,14 +351,15 @@ class ClientConnection(asyncio.Protocol):
     # -- admission -------------------------------------------------------------------------
 
     def _admission_refusal(
-        self, request: Request, version: str, codings: list[str]
+        self, request: Request, version: tuple[int, int] | None, codings: list[str]
     ) -> Refusal | None:
         """What the server refuses in a head llhttp accepted, before any handler runs."""
-        if version not in ("1.1", "1.0"):
+        if version is None:
             return refusals.VERSION_NOT_SUPPORTED
-        refusal = refusals.transfer_coding_refusal(request.version, codings)
-        if refusal is not None:
-            return refusal
+        if codings:
+            refusal = refusals.transfer_coding_refusal(version, codings)
+            if refusal is not None:
+                return refusal
         limits = self._server.limits
         max_head = limits.max_head_bytes
         if (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -53,26 +53,31 @@ class HeaderView:
         return isinstance(name, str) and name.lower() in self._by_name
 
 
+class FlowControl(Protocol):
+    """The connection's reading, paused while a body's buffer is full."""
+
+    def pause_body(self) -> None: ...
+
+    def resume_body(self) -> None: ...
+
+
 class Body:
     """The request body as it arrives, read by one consumer (`readany`, `iter_any`).
 
-    Reading from the client pauses (`pause`/`resume`, the connection's flow control)
-    while more than BODY_HIGH_WATER bytes wait here, and resumes below BODY_LOW_WATER.
-    `fail(exc)` ends it with an error (the client hung up, or the framing broke)."""
+    Reading from the client pauses (`flow`, the connection) while more than
+    BODY_HIGH_WATER bytes wait here, and resumes below BODY_LOW_WATER.  `fail(exc)` ends
+    it with an error (the client hung up, or the framing broke).  A request without a
+    body shares `NO_BODY`, which is over from the start."""
 
-    __slots__ = (
-        "_chunks", "_eof", "_error", "_pause", "_paused", "_resume", "_size", "_waiter",
-        "total_bytes",
-    )  # fmt: skip
+    __slots__ = ("_chunks", "_eof", "_error", "_flow", "_paused", "_size", "_waiter", "total_bytes")
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    def __init__(self, flow: FlowControl | None, *, eof: bool = False) -> None:
         self._chunks: deque[bytes] = deque()
         self._size = 0
-        self._eof = False
+        self._eof = eof
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._pause = pause
-        self._resume = resume
+        self._flow = flow
         self._paused = False
         self.total_bytes = 0  # received so far
 
@@ -82,9 +87,9 @@ class Body:
         self.total_bytes += len(data)
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > BODY_HIGH_WATER and not self._paused:
+        if self._size > BODY_HIGH_WATER and not self._paused and self._flow is not None:
             self._paused = True
-            self._pause()
+            self._flow.pause_body()
         self._wake()
 
     def feed_eof(self) -> None:
@@ -120,9 +125,9 @@ class Body:
             await self._waiter
         data = self._chunks.popleft()
         self._size -= len(data)
-        if self._paused and self._size < BODY_LOW_WATER:
+        if self._paused and self._size < BODY_LOW_WATER and self._flow is not None:
             self._paused = False
-            self._resume()
+            self._flow.resume_body()
         return data
 
     async def iter_any(self) -> AsyncIterator[bytes]:
@@ -131,6 +136,9 @@ class Body:
             if not chunk:
                 return
             yield chunk
+
+
+NO_BODY = Body(None, eof=True)
 
 
 class Request:

@@ -233,7 +233,15 @@ def test_header_view_is_case_insensitive_and_keeps_every_value() -> None:
 
 async def test_body_pauses_above_the_high_water_mark_and_resumes_below_the_low() -> None:
     events: list[str] = []
-    body = Body(lambda: events.append("pause"), lambda: events.append("resume"))
+
+    class Flow:
+        def pause_body(self) -> None:
+            events.append("pause")
+
+        def resume_body(self) -> None:
+            events.append("resume")
+
+    body = Body(Flow())
     chunk = b"x" * 1024
     for _ in range(BODY_HIGH_WATER // 1024 + 1):
         body.feed(chunk)
@@ -249,7 +257,7 @@ async def test_body_pauses_above_the_high_water_mark_and_resumes_below_the_low()
 
 
 async def test_a_failed_body_raises_to_its_reader() -> None:
-    body = Body(lambda: None, lambda: None)
+    body = Body(None)
     body.feed(b"abc")
     body.fail(ConnectionResetError("gone"))
     assert await body.readany() == b"abc"  # what arrived is still read
