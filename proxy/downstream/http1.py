@@ -52,6 +52,9 @@ _HANDOFF = 4  # an upgrade waits for its turn to be handed off
 # Response body framing
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
+# `max_head_bytes: 0` (no limit of the operator's): the head is still bounded by this, so
+# that what the parser holds of a head stays bounded.
+HEAD_CEILING = 1 << 20
 LINGER = 2.0  # seconds input is read away after a closing answer (see module docstring)
 # After an answer, up to this many body bytes a handler did not read are read away to
 # keep the connection; a longer remainder closes it instead.
@@ -240,8 +243,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broken()
             return
-        limit = self._server.limits.max_head_bytes
-        if self._in_head and 0 < limit < self._head_bytes and not self._stopped:
+        limit = self._server.limits.max_head_bytes or HEAD_CEILING
+        if self._in_head and limit < self._head_bytes and not self._stopped:
             self._refuse_later(refusals.HEAD_TOO_LARGE, None)
 
     def _broken(self) -> None:
@@ -361,11 +364,8 @@ class ClientConnection(asyncio.Protocol):
             if refusal is not None:
                 return refusal
         limits = self._server.limits
-        max_head = limits.max_head_bytes
-        if (
-            max_head
-            and refusals.head_size(request.method, request.raw_path, request.raw_headers) > max_head
-        ):
+        max_head = limits.max_head_bytes or HEAD_CEILING
+        if refusals.head_size(request.method, request.raw_path, request.raw_headers) > max_head:
             return refusals.HEAD_TOO_LARGE
         return refusals.declared_body_refusal(request.content_length, limits.max_request_body)
 

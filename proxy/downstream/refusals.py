@@ -53,7 +53,6 @@ VERSION_NOT_SUPPORTED = Refusal(
     "only HTTP/1.0 and HTTP/1.1 are served on this listener (RFC 9110 15.6.6)",
 )  # fmt: skip
 INTERNAL = Refusal(500, "internal_error", "tunnelguard failed while handling the request")
-HANDLER_TIMEOUT = Refusal(504, "gateway_timeout", "tunnelguard timed out handling the request")
 
 # aiohttp's own parser limits, used when max_head_bytes is 0 (no total limit)
 AIOHTTP_LINE_LIMIT = 8190

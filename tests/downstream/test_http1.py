@@ -9,11 +9,13 @@ tests/downstream/test_server.py's; malformed requests are tests/system/test_requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
+from proxy.downstream.http1 import HEAD_CEILING
 from proxy.downstream.request import BODY_HIGH_WATER, BODY_LOW_WATER, Body, HeaderView
 from tests.conftest import ProxyFactory, RawServer, config_yaml
 
@@ -263,3 +265,34 @@ async def test_a_failed_body_raises_to_its_reader() -> None:
     assert await body.readany() == b"abc"  # what arrived is still read
     with pytest.raises(ConnectionResetError):
         await body.readany()
+
+
+async def test_a_head_is_bounded_even_without_max_head_bytes(
+    start_proxy: ProxyFactory,
+) -> None:
+    """`max_head_bytes: 0` lifts the operator's limit, not the bound on what the parser
+    holds: a head over HEAD_CEILING still gets 431 (a smaller one passes)."""
+    upstream = HandWritten()
+    port = await upstream.start()
+    try:
+        running = await start_proxy(
+            config_yaml(f"http://127.0.0.1:{port}", extra="server:\n  max_head_bytes: 0\n")
+        )
+        assert running.app.proxy_address is not None
+        big = b"X-Big: " + b"b" * 40_000 + b"\r\n"
+        reader, writer = await talk(
+            running.app.proxy_address, b"GET /bare HTTP/1.1\r\nHost: t\r\n" + big + b"\r\n"
+        )
+        assert (await read_answer(reader)).body == b"hello"  # 40 KB: over the default, fine here
+        writer.close()
+        reader, writer = await talk(running.app.proxy_address, b"GET /bare HTTP/1.1\r\nHost: t\r\n")
+        filler = b"X-Many: " + b"m" * 1000 + b"\r\n"
+        with contextlib.suppress(ConnectionError):
+            for _ in range(HEAD_CEILING // len(filler) + 2):
+                writer.write(filler)
+                await writer.drain()
+        answer = await read_answer(reader)
+        writer.close()
+        assert answer.status_line.startswith(b"HTTP/1.1 431 ")
+    finally:
+        await upstream.stop()
