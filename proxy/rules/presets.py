@@ -1,8 +1,9 @@
 """The built-in presets of SPEC 4.4: `slack`, `graphql`, `jsonrpc`, `error-envelope`.
 
-A preset looks at ONE parsed JSON value (orjson output) and says whether it is a tunnelled
-error and which honest status it stands for.  Top-level arrays (JSON-RPC batches) are split by
-the caller (SPEC 4.1), so a preset handed anything but an object finds nothing.
+A preset looks at ONE parsed JSON value (orjson's plain values, or a simdjson view of them:
+`proxy.wire.jsondoc`) and says whether it is a tunnelled error and which honest status it
+stands for.  Top-level arrays (JSON-RPC batches) are split by the caller (SPEC 4.1), so a
+preset handed anything but an object finds nothing.
 
 Every table is built at import or at `build_preset` time; `evaluate` only does lookups, and
 never raises on any JSON value: a value of the wrong type is treated as absent.  The status
@@ -18,6 +19,7 @@ from types import MappingProxyType
 from typing import Final, Protocol
 
 from proxy.config.model import PRESET_NAMES
+from proxy.wire.jsondoc import ARRAY_TYPES, OBJECT_TYPES, SIZED_TYPES, Object
 
 GRAPHQL_RESPONSE_JSON: Final = "application/graphql-response+json"
 """The GraphQL-over-HTTP media type; only replies of this type are rewritten."""
@@ -149,8 +151,8 @@ class SlackPreset:
     name: str = field(default="slack", init=False)
 
     def evaluate(self, doc: object, media_type: str) -> Hit | None:
-        # `is False`: 0 and "false" are not JSON false (and orjson gives the bool singleton).
-        if not isinstance(doc, dict) or doc.get("ok") is not False:
+        # `is False`: 0 and "false" are not JSON false (orjson and simdjson give the singleton).
+        if not isinstance(doc, OBJECT_TYPES) or doc.get("ok") is not False:
             return None
         error = doc.get("error")
         if not isinstance(error, str):
@@ -184,7 +186,7 @@ GRAPHQL_STATUS: Final[Mapping[str, int]] = MappingProxyType(
 GRAPHQL_RESPONSE_KEYS: Final = frozenset({"data", "errors", "extensions"})
 
 
-def graphql_foreign_key(doc: dict[str, object]) -> str | None:
+def graphql_foreign_key(doc: Object) -> str | None:
     """The first top-level key a GraphQL response cannot have, or None when every key is
     among `data`, `errors` and `extensions`."""
     for key in doc:
@@ -195,10 +197,10 @@ def graphql_foreign_key(doc: dict[str, object]) -> str | None:
 
 def _graphql_code(error: object) -> str | None:
     """`extensions.code` when it is a string, else `type` when it is a string."""
-    if not isinstance(error, dict):
+    if not isinstance(error, OBJECT_TYPES):
         return None
     extensions = error.get("extensions")
-    if isinstance(extensions, dict):
+    if isinstance(extensions, OBJECT_TYPES):
         code = extensions.get("code")
         if isinstance(code, str):
             return code
@@ -222,17 +224,17 @@ class GraphQLPreset:
     name: str = field(default="graphql", init=False)
 
     def evaluate(self, doc: object, media_type: str) -> Hit | None:
-        if not isinstance(doc, dict):
+        if not isinstance(doc, OBJECT_TYPES):
             return None
         errors = doc.get("errors")
-        if not isinstance(errors, list) or not errors:
+        if not isinstance(errors, ARRAY_TYPES) or not errors:
             return None
         if media_type != GRAPHQL_RESPONSE_JSON and graphql_foreign_key(doc) is not None:
             return None  # a legacy body not shaped like a GraphQL response (SPEC 4.4)
         first = errors[0]
         code = _graphql_code(first)
         status = FALLBACK_STATUS if code is None else GRAPHQL_STATUS.get(code, FALLBACK_STATUS)
-        message = first.get("message") if isinstance(first, dict) else None
+        message = first.get("message") if isinstance(first, OBJECT_TYPES) else None
         if not isinstance(message, str):
             message = code
         flag_only = media_type != GRAPHQL_RESPONSE_JSON or doc.get("data") is not None
@@ -270,10 +272,10 @@ class JsonRpcPreset:
     name: str = field(default="jsonrpc", init=False)
 
     def evaluate(self, doc: object, media_type: str) -> Hit | None:
-        if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0":
+        if not isinstance(doc, OBJECT_TYPES) or doc.get("jsonrpc") != "2.0":
             return None
         error = doc.get("error")
-        if not isinstance(error, dict):
+        if not isinstance(error, OBJECT_TYPES):
             return None
         code = error.get("code")
         # `type(...) is int`: JSON true/false are bools (an int subclass), -32603.0 is a float.
@@ -320,7 +322,7 @@ _ERROR_FIELDS: Final = ("message", "info", "code")
 _TOP_FIELDS: Final = ("message", "error_message")
 
 
-def resource_key(doc: dict[str, object]) -> tuple[str, str] | None:
+def resource_key(doc: Object) -> tuple[str, str] | None:
     """(the first top-level key that makes `doc` a resource, "resource identity" or
     "lifecycle field"), or None: the SPEC 4.4 test that keeps `error-envelope` (and the
     suspect-shape detector) off a resource that describes a failure."""
@@ -334,7 +336,7 @@ def resource_key(doc: dict[str, object]) -> tuple[str, str] | None:
     return None
 
 
-def _jsonrpc_response(doc: dict[str, object]) -> bool:
+def _jsonrpc_response(doc: Object) -> bool:
     """Shaped like a JSON-RPC response, whose `id` is the request's: a `jsonrpc` member (2.0,
     section 5), or `result` and `error` side by side (1.0)."""
     return "jsonrpc" in doc or ("result" in doc and "error" in doc)
@@ -350,18 +352,18 @@ def envelope_message(doc: object) -> tuple[str, str] | None:
 
     The error-envelope preset's `Hit.message` is exactly this message.
     """
-    if not isinstance(doc, dict):
+    if not isinstance(doc, OBJECT_TYPES):
         return None
     error = doc.get("error")
     if isinstance(error, str):
         if error:
             return error, "/error"
-    elif isinstance(error, dict):
+    elif isinstance(error, OBJECT_TYPES):
         for key in _ERROR_FIELDS:
             found = _text(error.get(key))
             if found is not None:
                 return found, f"/error/{key}"
-    elif isinstance(error, list) and error and isinstance(error[0], dict):
+    elif isinstance(error, ARRAY_TYPES) and error and isinstance(error[0], OBJECT_TYPES):
         found = _text(error[0].get("message"))
         if found is not None:
             return found, "/error/0/message"
@@ -386,12 +388,12 @@ class ErrorEnvelopePreset:
     name: str = field(default="error-envelope", init=False)
 
     def evaluate(self, doc: object, media_type: str) -> Hit | None:
-        if not isinstance(doc, dict):
+        if not isinstance(doc, OBJECT_TYPES):
             return None
         error = doc.get("error")
         status_field = doc.get("status")
         is_status = isinstance(status_field, str) and status_field in ENVELOPE_STATUSES
-        has_error = isinstance(error, str | dict | list) and len(error) > 0
+        has_error = isinstance(error, SIZED_TYPES) and len(error) > 0
         if not (has_error or is_status or doc.get("success") is False):
             return None
         if resource_key(doc) is not None:

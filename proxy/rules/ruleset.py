@@ -26,6 +26,7 @@ from proxy.config.model import (
 )
 from proxy.rules.presets import Preset, build_preset
 from proxy.rules.verdict import Verdict
+from proxy.wire.jsondoc import ARRAY_TYPES, OBJECT_TYPES, SIZED_TYPES, Array
 from proxy.wire.pointer import MISSING, Pointer, compile_pointer
 
 Predicate = Callable[[object], bool]
@@ -45,9 +46,9 @@ def json_equal(a: object, b: object) -> bool:
         return a == b
     if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
         return type(a) is type(b) and a == b
-    if isinstance(a, list) and isinstance(b, list):
+    if isinstance(a, ARRAY_TYPES) and isinstance(b, ARRAY_TYPES):
         return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
+    if isinstance(a, OBJECT_TYPES) and isinstance(b, OBJECT_TYPES):
         return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
     return False
 
@@ -128,7 +129,7 @@ def compile_condition(cond: Condition) -> Predicate:
     if cond.op == "exists":
         return _exists(ptr) if cond.value else _negate(_exists(ptr))
     if cond.op == "nonempty":
-        test = _any(ptr, lambda v: isinstance(v, str | list | dict) and len(v) > 0)
+        test = _any(ptr, lambda v: isinstance(v, SIZED_TYPES) and len(v) > 0)
         return test if cond.value else _negate(test)
     if cond.op == "equals":
         expected = cond.value
@@ -269,7 +270,7 @@ class RuleSet:
 
     def evaluate(self, doc: object, media_type: str) -> Verdict | None:
         """The verdict for one parsed body; a top-level array is a batch (SPEC 4.1)."""
-        if isinstance(doc, list):
+        if isinstance(doc, ARRAY_TYPES):
             return self._evaluate_batch(doc, media_type)
         return self._evaluate_one(doc, media_type)
 
@@ -280,7 +281,7 @@ class RuleSet:
                 return verdict
         return None
 
-    def _evaluate_batch(self, docs: list[object], media_type: str) -> Verdict | None:
+    def _evaluate_batch(self, docs: Array, media_type: str) -> Verdict | None:
         first: Verdict | None = None
         missed = False
         for element in docs:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from proxy.wire.jsondoc import ARRAY_TYPES, OBJECT_TYPES
+
 WILDCARD = "*"
 
 
@@ -85,11 +87,11 @@ def _index(token: str, length: int) -> int:
 
 def _walk(doc: object, tokens: tuple[str, ...]) -> object:
     for token in tokens:
-        if isinstance(doc, dict):
+        if isinstance(doc, OBJECT_TYPES):
             if token not in doc:
                 return _MISSING
             doc = doc[token]
-        elif isinstance(doc, list):
+        elif isinstance(doc, ARRAY_TYPES):
             index = _index(token, len(doc))
             if index < 0:
                 return _MISSING
@@ -102,11 +104,11 @@ def _walk(doc: object, tokens: tuple[str, ...]) -> object:
 def _find(doc: object, tokens: tuple[str, ...], start: int) -> Iterator[object]:
     for pos in range(start, len(tokens)):
         token = tokens[pos]
-        if isinstance(doc, dict):
+        if isinstance(doc, OBJECT_TYPES):
             if token not in doc:
                 return
             doc = doc[token]
-        elif isinstance(doc, list):
+        elif isinstance(doc, ARRAY_TYPES):
             if token == WILDCARD:
                 for element in doc:
                     yield from _find(element, tokens, pos + 1)

@@ -2,7 +2,9 @@
 (SPEC 4.1-4.3).
 
 Rules are written as YAML and parsed by `parse_text`, exactly as a user writes them; bodies
-are parsed with orjson, exactly as the proxy parses them.
+are parsed as the proxy parses them: with orjson (every object built), and as simdjson views
+(proxy.wire.jsondoc, how inspection reads large bodies); `matches` and `verdict` check that
+both give the same verdict.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from proxy.config.load import parse_text
 from proxy.config.model import RuleConfig
 from proxy.rules.ruleset import RuleSet, compile_ruleset, json_equal, text_form
 from proxy.rules.verdict import Verdict
+from proxy.wire import jsondoc
 
 JSON = "application/json"
 GQL = "application/graphql-response+json"
@@ -52,13 +55,27 @@ def when(condition: str) -> RuleSet:
     return ruleset(f"- {{name: r, when: {condition}, status: 502}}")
 
 
+def _view(body: str | object) -> object:
+    """`body` as a simdjson view; orjson's value where simdjson refuses the text (integers
+    beyond 64 bits), as inspection does."""
+    text = body.encode() if isinstance(body, str) else orjson.dumps(body)
+    try:
+        return jsondoc.parse(text)
+    except jsondoc.Refused:
+        return orjson.loads(text)
+
+
 def matches(rules: RuleSet, body: str | object, media_type: str = JSON) -> bool:
     doc = orjson.loads(body) if isinstance(body, str) else body
-    return rules.evaluate(doc, media_type) is not None
+    found = rules.evaluate(doc, media_type)
+    assert rules.evaluate(_view(body), media_type) == found
+    return found is not None
 
 
 def verdict(rules: RuleSet, body: str, media_type: str = JSON) -> Verdict | None:
-    return rules.evaluate(orjson.loads(body), media_type)
+    found = rules.evaluate(orjson.loads(body), media_type)
+    assert rules.evaluate(_view(body), media_type) == found
+    return found
 
 
 # --- conditions -----------------------------------------------------------------------------
@@ -732,6 +749,11 @@ def test_pathological_regex_on_a_huge_string(pattern: str, hit: str) -> None:
 def test_json_equal(a: object, b: object, equal: bool) -> None:
     assert json_equal(a, b) is equal
     assert json_equal(b, a) is equal
+    # an array or object of a body may be a simdjson view: the same answers
+    views = [jsondoc.parse(orjson.dumps(x)) if isinstance(x, list | dict) else x for x in (a, b)]
+    for x, y in ((views[0], b), (a, views[1]), tuple(views)):
+        assert json_equal(x, y) is equal
+        assert json_equal(y, x) is equal
 
 
 @pytest.mark.parametrize(

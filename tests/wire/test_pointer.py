@@ -1,10 +1,29 @@
-"""RFC 6901 JSON pointers with the `*` array wildcard (proxy.wire.pointer)."""
+"""RFC 6901 JSON pointers with the `*` array wildcard (proxy.wire.pointer).
+
+Documents are walked as orjson builds them and as simdjson views (proxy.wire.jsondoc), the
+two forms the rules read; the `represent` fixture gives each test both.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import orjson
 import pytest
 
+from proxy.wire import jsondoc
 from proxy.wire.pointer import MISSING, PointerError, compile_pointer
+
+Represent = Callable[[object], object]
+
+
+@pytest.fixture(params=["orjson", "view"])
+def represent(request: pytest.FixtureRequest) -> Represent:
+    """A document as orjson builds it (plain dicts and lists), or as a simdjson view."""
+    if request.param == "orjson":
+        return lambda doc: orjson.loads(orjson.dumps(doc))
+    return lambda doc: jsondoc.parse(orjson.dumps(doc))
+
 
 # The example document of RFC 6901 section 5.
 RFC_DOC: dict[str, object] = {
@@ -39,10 +58,10 @@ RFC_DOC: dict[str, object] = {
         ("/m~0n", 8),
     ],
 )
-def test_rfc6901_examples(text: str, expected: object) -> None:
-    ptr = compile_pointer(text)
-    assert ptr.first(RFC_DOC) == expected
-    assert list(ptr.find(RFC_DOC)) == [expected]
+def test_rfc6901_examples(text: str, expected: object, represent: Represent) -> None:
+    ptr, doc = compile_pointer(text), represent(RFC_DOC)
+    assert ptr.first(doc) == expected
+    assert list(ptr.find(doc)) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -112,20 +131,22 @@ DOC: dict[str, object] = {
         ("/a/x/y", MISSING),
     ],
 )
-def test_first(text: str, expected: object) -> None:
-    assert compile_pointer(text).first(DOC) == expected
-    found = list(compile_pointer(text).find(DOC))
+def test_first(text: str, expected: object, represent: Represent) -> None:
+    doc = represent(DOC)
+    assert compile_pointer(text).first(doc) == expected
+    found = list(compile_pointer(text).find(doc))
     assert found == ([] if expected is MISSING else [expected])
 
 
-def test_missing_is_distinct_from_null() -> None:
-    assert compile_pointer("/null").first(DOC) is None
-    assert compile_pointer("/absent").first(DOC) is MISSING
+def test_missing_is_distinct_from_null(represent: Represent) -> None:
+    doc = represent(DOC)
+    assert compile_pointer("/null").first(doc) is None
+    assert compile_pointer("/absent").first(doc) is MISSING
     assert repr(MISSING) == "MISSING"
 
 
-def test_index_zero_is_valid() -> None:
-    assert compile_pointer("/list/0").first(DOC) == "x"
+def test_index_zero_is_valid(represent: Represent) -> None:
+    assert compile_pointer("/list/0").first(represent(DOC)) == "x"
 
 
 GRAPHQL: dict[str, object] = {
@@ -157,16 +178,18 @@ GRAPHQL: dict[str, object] = {
         ("/m/0/*", {"m": [["a", "b"]]}, ["a", "b"]),
     ],
 )
-def test_wildcard_yields_in_document_order(text: str, doc: object, expected: list[object]) -> None:
-    ptr = compile_pointer(text)
+def test_wildcard_yields_in_document_order(
+    text: str, doc: object, expected: list[object], represent: Represent
+) -> None:
+    ptr, doc = compile_pointer(text), represent(doc)
     assert list(ptr.find(doc)) == expected
     assert ptr.first(doc) == (expected[0] if expected else MISSING)
 
 
-def test_wildcard_first_stops_early() -> None:
+def test_wildcard_first_stops_early(represent: Represent) -> None:
     # `first` must not walk elements after the first hit: a generator proves it lazily.
     ptr = compile_pointer("/*/v")
-    doc = [{"v": 1}, {"v": 2}]
+    doc = represent([{"v": 1}, {"v": 2}])
     iterator = ptr.find(doc)
     assert next(iterator) == 1
     assert ptr.first(doc) == 1
