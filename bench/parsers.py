@@ -5,7 +5,7 @@ with each JSON parser, on the bench's bodies and on the presets' real bodies.
     python3 -m venv /tmp/pv && /tmp/pv/bin/pip install orjson pysimdjson msgspec pyyaml ...
     /tmp/pv/bin/python bench/parsers.py [--repeat 7]
 
-(run it with an interpreter that has the parsers; the project itself only needs orjson).
+(run it with an interpreter that has the parsers; the project needs orjson and pysimdjson).
 Parsers that are not installed are left out of the table.  Every parser here validates the
 whole document (invalid JSON is still found and counted, SPEC 5):
 
@@ -19,7 +19,8 @@ whole document (invalid JSON is still found and counted, SPEC 5):
   costs before the rules read anything.
 
 Each parser but the last then reads what the embedded default's presets read at the top
-level (`TOP_KEYS`) and walks the top-level keys once (SPEC 4.4's resource test).
+level (`TOP_KEYS`) and walks the top-level keys once (SPEC 4.4's resource test).  What a whole
+`decide()` costs, as the product parses: bench/decide.py.
 
 Times are the median of `--repeat` runs of a loop of `--number` parses, per parse, on one
 core; the machine is noisy, so compare the columns of one run, not runs.

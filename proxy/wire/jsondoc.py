@@ -6,7 +6,7 @@ returns its top-level value: a scalar as the Python value orjson gives, an objec
 `LazyObject`, an array as a `LazyArray`.  These are read-only views of the parsed document
 that build Python objects only for the members a rule reads, and every value read out of
 them is again a scalar or a view.  One `decide()` of the bench's 16 KiB clean body costs
-~14 µs instead of ~56 µs with orjson, which builds every object (bench/results.md,
+~13 µs instead of ~51 µs with orjson, which builds every object (bench/results.md,
 "Inspection parser (issue 18 point 3)").
 
 Code that reads JSON values (pointers, rules, presets) takes both views and orjson's `dict`

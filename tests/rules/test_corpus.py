@@ -4,8 +4,11 @@ tests/rules/corpus/__init__.py for what each corpus holds."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from proxy.rules.inspection import LAZY_FROM_BYTES
 from tests.rules import corpus
 
 RESOURCES = [e for e in corpus.entries() if e.corpus == "resources"]
@@ -26,6 +29,14 @@ def test_a_resource_that_describes_a_failure_stays_clean(entry: corpus.Entry) ->
 @pytest.mark.parametrize("entry", BODIES, ids=lambda e: e.id)
 def test_a_body_keeps_its_verdict(entry: corpus.Entry) -> None:
     assert corpus.verdict(entry) == entry.expect
+
+
+@pytest.mark.parametrize("entry", RESOURCES + BODIES, ids=lambda e: e.id)
+def test_a_large_body_keeps_its_verdict(entry: corpus.Entry) -> None:
+    """The same body made large with trailing whitespace (the same JSON) is read through a
+    simdjson view (issue 18 point 3), and judged the same."""
+    large = dataclasses.replace(entry, body=entry.body + b" " * LAZY_FROM_BYTES)
+    assert corpus.verdict(large) == entry.expect
 
 
 def test_only_the_documented_verdicts_changed() -> None:

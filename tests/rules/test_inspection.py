@@ -8,6 +8,7 @@ expanded output either.
 from __future__ import annotations
 
 import gzip
+import re
 import time
 import tracemalloc
 import zlib
@@ -23,6 +24,7 @@ from proxy.rules import inspection as ins
 from proxy.rules.inspection import Examined, InspectPolicy, Undecodable
 from proxy.rules.ruleset import compile_ruleset
 from proxy.rules.verdict import Verdict
+from proxy.wire import jsondoc
 
 MiB = 1 << 20
 CAP = 4 * MiB
@@ -502,6 +504,163 @@ def test_parse_json_invalid(data: bytes) -> None:
 )
 def test_strip_bom(data: bytes, expected: bytes) -> None:
     assert ins.strip_bom(data) == expected
+
+
+# -- parse_for_rules: simdjson views, valid and invalid as orjson judges ------------------------
+
+PAD = b" " * ins.LAZY_FROM_BYTES  # trailing whitespace: the same JSON text, large enough for a view
+
+
+@pytest.fixture
+def always_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every body, however small and batch or not, is parsed into a view."""
+    monkeypatch.setattr(ins, "LAZY_FROM_BYTES", 0)
+    monkeypatch.setattr(ins, "_BATCH", re.compile(rb"(?!)"))
+
+
+def _outcome(parse: Callable[[bytes], object], data: bytes) -> object:
+    """What `parse` made of `data`: the value as orjson builds it, or the inspection result."""
+    try:
+        return jsondoc.plain(parse(data))
+    except Undecodable as why:
+        return why.result
+
+
+INVALID = ins.INVALID_JSON
+SAME, REFUSED = "simdjson reads the same", "simdjson refuses it: orjson decides"
+
+# Inputs where two JSON parsers may part ways.  `expected` is what orjson (the reference,
+# and the product before issue 18 point 3) makes of them; the third column says what
+# simdjson alone does: reads the same value, or refuses the text, which then goes to orjson.
+# The differences are the valid texts simdjson refuses (integers beyond 64 bits, the
+# deepest nesting); no text orjson refuses is read by simdjson (the property in
+# tests/rules/test_decide.py mangles documents to look for one).
+AWKWARD = [
+    # pysimdjson's own lookup finds the first of repeated keys; the view keeps the last
+    pytest.param(b'{"a": 1, "a": 2}', {"a": 2}, SAME, id="duplicate-keys-last-wins"),
+    pytest.param(b'{"e": {"c": 1, "c": 2}}', {"e": {"c": 2}}, SAME, id="duplicate-keys-nested"),
+    pytest.param(b"18446744073709551615", 2**64 - 1, SAME, id="2**64-1"),
+    pytest.param(b"18446744073709551616", float(2**64), REFUSED, id="2**64-is-a-float"),
+    pytest.param(b"-9223372036854775808", -(2**63), SAME, id="-2**63"),
+    pytest.param(b"-9223372036854775809", float(-(2**63) - 1), REFUSED, id="-2**63-1-is-a-float"),
+    pytest.param(b'{"code": 1' + b"0" * 30 + b"}", {"code": 1e30}, REFUSED, id="31-digits"),
+    pytest.param(b"-0", 0, SAME, id="-0-is-an-int"),
+    pytest.param(b"-0.0", -0.0, SAME, id="-0.0"),
+    pytest.param(b"1e2", 100.0, SAME, id="1e2-is-a-float"),
+    pytest.param(b"1e-400", 0.0, SAME, id="1e-400-underflows"),
+    pytest.param(b"1e400", INVALID, REFUSED, id="1e400"),
+    pytest.param(b"-1e400", INVALID, REFUSED, id="-1e400"),
+    pytest.param(b"NaN", INVALID, REFUSED, id="NaN"),
+    pytest.param(b"[Infinity]", INVALID, REFUSED, id="Infinity"),
+    pytest.param(b"01", INVALID, REFUSED, id="leading-zero"),
+    pytest.param(b"1.", INVALID, REFUSED, id="1."),
+    pytest.param(b'"\\ud800"', INVALID, REFUSED, id="lone-high-surrogate"),
+    pytest.param(b'"\\udc00"', INVALID, REFUSED, id="lone-low-surrogate"),
+    pytest.param(b'"\\ud800\\u0041"', INVALID, REFUSED, id="high-surrogate-then-A"),
+    pytest.param(b'"\\ud83d\\ude00"', "\U0001f600", SAME, id="surrogate-pair"),
+    pytest.param(b'"\xed\xa0\x80"', INVALID, REFUSED, id="utf8-encoded-surrogate"),
+    pytest.param(b'"\xc0\xaf"', INVALID, REFUSED, id="overlong-utf8"),
+    pytest.param(b'"\xff"', INVALID, REFUSED, id="not-utf8"),
+    pytest.param(b'"\x01"', INVALID, REFUSED, id="raw-control-character"),
+    pytest.param(b'{"\\u0000": "\\u0000"}', {"\x00": "\x00"}, SAME, id="escaped-nul"),
+    pytest.param(BOM + b'{"a": 1}', {"a": 1}, SAME, id="bom"),
+    pytest.param(BOM + BOM + b"{}", INVALID, REFUSED, id="two-boms"),
+    pytest.param(BOM, INVALID, REFUSED, id="bom-alone"),
+    pytest.param(b" " + BOM + b"{}", INVALID, REFUSED, id="bom-after-whitespace"),
+    pytest.param(b'{"a": 1} x', INVALID, REFUSED, id="trailing-garbage"),
+    pytest.param(b"{}{}", INVALID, REFUSED, id="two-texts"),
+    pytest.param(b"{}\x00", INVALID, REFUSED, id="trailing-nul"),
+    pytest.param(b"", INVALID, REFUSED, id="empty"),  # examine() calls an empty body clean first
+    pytest.param(b" \t\r\n", INVALID, REFUSED, id="whitespace-only"),
+    pytest.param(b"[" * 1025 + b"]" * 1025, INVALID, REFUSED, id="1025-deep"),
+    pytest.param(b'{"a":' * 1025 + b"1" + b"}" * 1025, INVALID, REFUSED, id="1025-deep-objects"),
+    pytest.param(b"[" * 10000 + b"]" * 10000, INVALID, REFUSED, id="10000-deep"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected", "simdjson_alone"), AWKWARD)
+def test_awkward_inputs_are_judged_as_orjson_judges(
+    data: bytes, expected: object, simdjson_alone: str, always_lazy: None
+) -> None:
+    # repr: -0.0 is not 0.0, and 0 is not 0.0, though they compare equal
+    assert repr(_outcome(ins.parse_json, data)) == repr(expected)
+    assert repr(_outcome(ins.parse_for_rules, data)) == repr(expected)
+    try:
+        alone = repr(jsondoc.plain(jsondoc.parse(data)))
+    except jsondoc.Refused:
+        alone = REFUSED
+    assert alone == (repr(expected) if simdjson_alone == SAME else REFUSED)
+
+
+@pytest.mark.parametrize(("data", "expected", "simdjson_alone"), AWKWARD)
+def test_awkward_inputs_as_routed(data: bytes, expected: object, simdjson_alone: str) -> None:
+    """The same, as bodies arrive: small, or made large with trailing whitespace."""
+    for body in (data, data + PAD):
+        assert repr(_outcome(ins.parse_for_rules, body)) == repr(_outcome(ins.parse_json, body))
+
+
+def _innermost(doc: object) -> tuple[int, object]:
+    """(depth, innermost value) of a chain of one-element arrays or {"a": ...} objects,
+    walked without recursion (comparing 1024-deep values would exceed Python's limit)."""
+    depth = 1
+    while True:
+        if isinstance(doc, jsondoc.ARRAY_TYPES) and len(doc) == 1:
+            doc = doc[0]
+        elif isinstance(doc, jsondoc.OBJECT_TYPES) and "a" in doc:
+            doc = doc["a"]
+        else:
+            return depth, jsondoc.plain(doc)
+        depth += 1
+
+
+@pytest.mark.parametrize(
+    ("data", "simdjson_alone"),
+    [
+        pytest.param(b"[" * 1024 + b"]" * 1024, SAME, id="1024-deep-empty"),
+        # orjson's limit is a nesting of 1024; simdjson's stops a scalar at depth 1024
+        pytest.param(b"[" * 1024 + b"1" + b"]" * 1024, REFUSED, id="1024-deep-scalar"),
+        pytest.param(b'{"a":' * 1024 + b"1" + b"}" * 1024, REFUSED, id="1024-deep-objects"),
+    ],
+)
+def test_deepest_valid_nesting(data: bytes, simdjson_alone: str, always_lazy: None) -> None:
+    expected = _innermost(ins.parse_json(data))
+    assert expected[0] in (1024, 1025)
+    assert _innermost(ins.parse_for_rules(data)) == expected
+    try:
+        jsondoc.parse(data)
+        alone = SAME
+    except jsondoc.Refused:
+        alone = REFUSED
+    assert alone == simdjson_alone
+
+
+def test_duplicate_keys_decide_as_before() -> None:
+    rules = compile_ruleset(["slack"], [])
+    body = b'{"ok": true, "ok": false, "error": "ratelimited"}' + PAD
+    assert ins.examine(rules, POLICY, body, JSON, ()).result == "matched"  # the last "ok"
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b'{"ok": true}', dict),  # small: orjson, every object built
+        (b'{"ok": true}' + PAD, jsondoc.LazyObject),
+        (BOM + b'{"ok": true}' + PAD, jsondoc.LazyObject),
+        (b'"' + b"s" * ins.LAZY_FROM_BYTES + b'"', str),
+        (b"[1, 2]" + PAD, list),  # a batch: the rules read every element
+        (PAD + BOM + b"[1]", INVALID),
+        (b" \r\n\t[1]" + PAD, list),
+        (BOM + b" [1]" + PAD, list),
+        (b'{"code": 18446744073709551616}' + PAD, dict),  # simdjson refuses it: orjson's
+    ],
+)
+def test_what_rules_get(data: bytes, kind: type | str) -> None:
+    try:
+        doc = ins.parse_for_rules(data)
+    except Undecodable as why:
+        assert why.result == kind
+    else:
+        assert type(doc) is kind
 
 
 # -- examine -----------------------------------------------------------------------------------
