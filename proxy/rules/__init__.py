@@ -4,7 +4,8 @@
 `inspection` decides what is buffered and decodes it within bounds; `verdict` is what a
 matching rule decided and how it is applied to a response; `snapshot` is a loaded config
 compiled for serving (one per reload); `ruletests` runs a config's embedded tests through
-the same steps.  No sockets, no clocks: tested with tables.
+the same steps; `events` finds the first event of an SSE or NDJSON stream within a bound
+(SPEC 5.1; not yet wired to the proxy).  No sockets, no clocks: tested with tables.
 
 May import: wire, config.
 """
