@@ -55,6 +55,12 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 # `max_head_bytes: 0` (no limit of the operator's): the head is still bounded by this, so
 # that what the parser holds of a head stays bounded.
 HEAD_CEILING = 1 << 20
+# At most this many parsed requests wait behind the one being answered; bytes after them are
+# held unparsed (and reading pauses) until the queue has room.  llhttp parses all it is given,
+# so a read is fed in slices of FEED_SLICE bytes: one 256 KiB read of tiny pipelined
+# requests would otherwise queue ~14,000 of them at once.
+PIPELINE_DEPTH = 32
+FEED_SLICE = 16 * 1024
 LINGER = 2.0  # seconds input is read away after a closing answer (see module docstring)
 # After an answer, up to this many body bytes a handler did not read are read away to
 # keep the connection; a longer remainder closes it instead.
@@ -113,10 +119,10 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body_mode", "_closed", "_current", "_deadline", "_discarding", "_drain", "_entered",
-        "_head_bytes", "_head_started", "_headers", "_in_head", "_keep", "_left",
-        "_lingering", "_loop", "_parser", "_parsing", "_paused", "_pending", "_remote",
-        "_server", "_started", "_stopped", "_tail", "_task", "_transport", "_upgraded",
-        "_url", "_write_paused",
+        "_head_bytes", "_head_started", "_headers", "_held", "_in_head", "_keep", "_left",
+        "_lingering", "_loop", "_parser", "_parsing", "_paused", "_pending", "_refeed",
+        "_remote", "_server", "_started", "_stopped", "_tail", "_task", "_transport",
+        "_upgraded", "_url", "_write_paused",
     )  # fmt: skip
 
     def __init__(self, server: Listener) -> None:
@@ -143,6 +149,8 @@ class ClientConnection(asyncio.Protocol):
         self._entered = False  # the handler's task has started running
         self._stopped = False  # nothing more is parsed (a refusal is queued)
         self._upgraded: bytearray | None = None  # bytes after an upgrade head
+        self._held = b""  # bytes not parsed yet: the pipeline is full
+        self._refeed: asyncio.Handle | None = None
         # the answer being written
         self._started = False
         self._keep = True
@@ -224,6 +232,9 @@ class ClientConnection(asyncio.Protocol):
         if self._upgraded is not None:
             self._upgraded += data  # waits for the hand-off
             return
+        if self._held:  # behind bytes still waiting for room in the pipeline
+            self._held += data
+            return
         if self._parsing is None and not self._in_head:
             # bytes that start a head: the head deadline runs from here when idle
             if self._current is None and not self._pending:
@@ -235,17 +246,35 @@ class ClientConnection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0] :])
-            return
-        except httptools.HttpParserError:
-            self._broken()
-            return
+        """Parse `data`, in slices while the pipeline has room (the rest is held)."""
+        size = len(data)
+        offset = 0
+        while offset < size:
+            if offset and len(self._pending) >= PIPELINE_DEPTH:
+                self._held = data[offset:]  # fed once the pipeline has room (`_next`)
+                self._pause(_PIPELINE)
+                return
+            piece = data if size <= FEED_SLICE else data[offset : offset + FEED_SLICE]
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade(data[offset + upgrade.args[0] :])
+                return
+            except httptools.HttpParserError:
+                self._broken()
+                return
+            offset += len(piece)
+            if self._stopped or self._lingering:
+                return  # nothing after a refusal is parsed
         limit = self._server.limits.max_head_bytes or HEAD_CEILING
         if self._in_head and limit < self._head_bytes and not self._stopped:
             self._refuse_later(refusals.HEAD_TOO_LARGE, None)
+
+    def _feed_held(self) -> None:
+        self._refeed = None
+        held, self._held = self._held, b""
+        if held and not self._closed:
+            self.data_received(held)
 
     def _broken(self) -> None:
         """llhttp refused the bytes: a malformed head, or body framing broken mid-body."""
@@ -453,17 +482,21 @@ class ClientConnection(asyncio.Protocol):
         self._current = None
         if self._closed or self._lingering:
             return
+        if self._held and self._refeed is None:  # room in the pipeline: parse on, later
+            # (not from here: `_next` may run inside an llhttp callback)
+            self._refeed = self._loop.call_soon(self._feed_held)
         if self._pending:
             entry = self._pending.popleft()
             if isinstance(entry, _Refused):
                 self._current = entry.request
                 self._write_refusal(entry.refusal, entry.request)
                 return
-            if not self._pending:
+            if not self._pending and not self._held:
                 self._resume(_PIPELINE)
             self._start(entry)
             return
-        self._resume(_PIPELINE)
+        if not self._held:
+            self._resume(_PIPELINE)
         limits = self._server.limits
         now = self._loop.time()
         if self._in_head:

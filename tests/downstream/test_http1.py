@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy.downstream.http1 import HEAD_CEILING
+from proxy.config.model import ServerLimits
+from proxy.downstream.http1 import FEED_SLICE, HEAD_CEILING, PIPELINE_DEPTH, ClientConnection
 from proxy.downstream.request import BODY_HIGH_WATER, BODY_LOW_WATER, Body, HeaderView
 from tests.conftest import ProxyFactory, RawServer, config_yaml
 
@@ -296,3 +297,72 @@ async def test_a_head_is_bounded_even_without_max_head_bytes(
         assert answer.status_line.startswith(b"HTTP/1.1 431 ")
     finally:
         await upstream.stop()
+
+
+async def test_thousands_of_pipelined_requests_in_one_write_are_all_answered(
+    proxy: tuple[str, int],
+) -> None:
+    """More requests in one read than the pipeline holds (PIPELINE_DEPTH): the rest of the
+    bytes wait unparsed and are parsed as answers go out, in order, none lost."""
+    count = 3000
+    one = b"GET /bare HTTP/1.1\r\nHost: t\r\n\r\n"
+    reader, writer = await talk(proxy, one * count)
+    bodies = [(await read_answer(reader)).body for _ in range(count)]
+    writer.close()
+    assert bodies == [b"hello"] * count
+
+
+async def test_a_pipeline_burst_holds_a_bounded_number_of_parsed_requests() -> None:
+    """What one connection parses ahead is bounded: a megabyte of tiny pipelined requests
+    behind one being answered leaves at most PIPELINE_DEPTH (plus one slice's worth)
+    parsed, the rest held as bytes, and reading paused."""
+    loop = asyncio.get_running_loop()
+    never: asyncio.Future[None] = loop.create_future()
+
+    class Transport(asyncio.Transport):
+        paused = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return ("127.0.0.1", 1) if name == "peername" else default
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            pass
+
+    class Listener:
+        limits = ServerLimits()
+        closing = False
+        accounting = None
+
+        def __init__(self) -> None:
+            self.loop = loop
+
+        async def handle(self, request: object) -> object:
+            await never
+            return None
+
+        def opened(self, conn: object) -> None:
+            pass
+
+        def closed(self, conn: object) -> None:
+            pass
+
+        def hand_off(self, *args: object) -> None:
+            pass
+
+    conn = ClientConnection(Listener())  # type: ignore[arg-type]
+    transport = Transport()
+    conn.connection_made(transport)
+    one = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    conn.data_received(one * ((1 << 20) // len(one)))
+    parsed = len(conn._pending)
+    assert 0 < parsed <= PIPELINE_DEPTH + FEED_SLICE // len(one)
+    assert transport.paused
+    conn.connection_lost(None)
+    await asyncio.sleep(0)  # the handler's task sees its cancellation
+    never.cancel()
