@@ -30,6 +30,7 @@ exchanges; the hardening tests (smuggling, slowloris, request fuzzing) run again
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -66,6 +67,8 @@ LINGER = 2.0  # seconds input is read away after a closing answer (see module do
 # keep the connection; a longer remainder closes it instead.
 DISCARD_LIMIT = 64 * 1024
 
+# An extension method (RFC 9110 9.1: a token) at the start of a read, before its target
+_EXTENSION_METHOD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ")
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}  # the versions served (else 505)
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
@@ -118,10 +121,10 @@ class ClientConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
-        "_body_mode", "_closed", "_current", "_deadline", "_discarding", "_drain", "_entered",
-        "_head_bytes", "_head_started", "_headers", "_held", "_in_head", "_keep", "_left",
-        "_lingering", "_loop", "_parser", "_parsing", "_paused", "_pending", "_refeed",
-        "_remote", "_server", "_started", "_stopped", "_tail", "_task", "_transport",
+        "_begun", "_body_mode", "_closed", "_current", "_deadline", "_discarding", "_drain",
+        "_entered", "_head_bytes", "_head_started", "_headers", "_held", "_in_head", "_keep",
+        "_left", "_lingering", "_loop", "_method", "_parser", "_parsing", "_paused", "_pending",
+        "_refeed", "_remote", "_server", "_started", "_stopped", "_tail", "_task", "_transport",
         "_upgraded", "_url", "_write_paused",
     )  # fmt: skip
 
@@ -150,6 +153,8 @@ class ClientConnection(asyncio.Protocol):
         self._stopped = False  # nothing more is parsed (a refusal is queued)
         self._upgraded: bytearray | None = None  # bytes after an upgrade head
         self._held = b""  # bytes not parsed yet: the pipeline is full
+        self._method: str | None = None  # an extension method llhttp was told was GET
+        self._begun = 0  # messages llhttp began (to tell where a refused one started)
         self._refeed: asyncio.Handle | None = None
         # the answer being written
         self._started = False
@@ -247,6 +252,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         """Parse `data`, in slices while the pipeline has room (the rest is held)."""
+        fresh = self._parsing is None and not self._in_head  # a message starts at data[0]
+        begun = self._begun
         size = len(data)
         offset = 0
         while offset < size:
@@ -260,6 +267,23 @@ class ClientConnection(asyncio.Protocol):
             except httptools.HttpParserUpgrade as upgrade:
                 self._upgrade(data[offset + upgrade.args[0] :])
                 return
+            except httptools.HttpParserInvalidMethodError:
+                # only when the refused message is the first of this read (nothing of it
+                # was parsed as another message) and was not substituted already
+                first = fresh and not offset and self._begun == begun + 1
+                extension = _EXTENSION_METHOD.match(data) if first else None
+                if extension is None or data.startswith(b"GET "):
+                    self._broken()
+                    return
+                # SPEC 8: an extension method is forwarded.  llhttp knows a fixed table of
+                # methods, so the message is parsed as a GET (framing does not depend on
+                # a request's method) and keeps its own method (`on_headers_complete`).
+                self._method = extension.group(1).decode("ascii")
+                self._parser = httptools.HttpRequestParser(self)
+                data = b"GET" + data[len(extension.group(1)) :]
+                size = len(data)
+                begun = self._begun
+                continue
             except httptools.HttpParserError:
                 self._broken()
                 return
@@ -305,6 +329,7 @@ class ClientConnection(asyncio.Protocol):
     # -- llhttp callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._begun += 1
         self._in_head = True
         self._url = b""
         self._headers = []
@@ -335,8 +360,9 @@ class ClientConnection(asyncio.Protocol):
                 codings.append(value.decode("latin-1"))
                 chunked = True
         body_exists = chunked or bool(length)
+        method, self._method = self._method, None
         request = Request(
-            parser.get_method().decode("ascii"),
+            method or parser.get_method().decode("ascii"),
             self._url.decode("latin-1"),
             version or (0, 9),
             headers,

@@ -366,3 +366,26 @@ async def test_a_pipeline_burst_holds_a_bounded_number_of_parsed_requests() -> N
     conn.connection_lost(None)
     await asyncio.sleep(0)  # the handler's task sees its cancellation
     never.cancel()
+
+
+async def test_an_extension_method_is_forwarded_with_its_own_name(
+    proxy: tuple[str, int],
+) -> None:
+    """SPEC 8: a method llhttp has no table entry for (a token) is forwarded as sent when it
+    starts a read; a body is framed as any request's.  Pipelined behind another request in
+    the same read it is refused (llhttp tells no offset to restart at): the earlier request
+    is answered first."""
+    reader, writer = await talk(
+        proxy, b"PURGEALL /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    answer = await read_answer(reader)
+    assert answer.status_line == b"HTTP/1.1 200 OK" and answer.body == b"abc"
+    writer.write(b"get /bare HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_answer(reader)).body == b"hello"
+    writer.close()
+    reader, writer = await talk(
+        proxy, b"GET /bare HTTP/1.1\r\nHost: t\r\n\r\nFOO /bare HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    first, second = await read_answer(reader), await read_answer(reader)
+    writer.close()
+    assert first.body == b"hello" and second.status_line.startswith(b"HTTP/1.1 400 ")
