@@ -351,15 +351,13 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         version = _VERSIONS.get(parser.get_http_version())
         length: int | None = None
-        chunked = False
-        codings: list[str] = []
+        codings: list[str] = []  # Transfer-Encoding lines (llhttp: then the body is chunked)
         for name, value in headers:
             if len(name) == 14 and name.lower() == b"content-length":
                 length = int(value)  # llhttp accepts digits only, and one value
             elif len(name) == 17 and name.lower() == b"transfer-encoding":
                 codings.append(value.decode("latin-1"))
-                chunked = True
-        body_exists = chunked or bool(length)
+        body_exists = bool(codings) or bool(length)
         method, self._method = self._method, None
         request = Request(
             method or parser.get_method().decode("ascii"),

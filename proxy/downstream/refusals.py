@@ -1,18 +1,15 @@
 """Client-side limits and request framing rules (SPEC 4.7 and 7): the pure decisions.
 
 `Refusal`s are the answers tunnelguard gives on its own when a client breaks a limit or
-frames a request ambiguously; `server` applies them to connections.  Every refusal
+frames a request ambiguously; `http1` applies them to connections.  Every refusal
 closes the connection: after a framing error, a refused body or a head that was never
 finished, the next bytes on it cannot be trusted to start a request (RFC 9112 6.3, 9.6).
 """
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from proxy.wire.problem import CONTENT_TYPE, problem_body, title
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +117,3 @@ def declared_body_refusal(content_length: int | None, max_request_body: int) -> 
     if max_request_body and content_length is not None and content_length > max_request_body:
         return BODY_TOO_LARGE
     return None
-
-
-def raw_response(refusal: Refusal, trace_id: str) -> bytes:
-    """A complete HTTP/1.1 problem+json response with `Connection: close`, for answers
-    written straight to the transport (no request object exists, or the handler is
-    being cancelled)."""
-    body = problem_body(refusal.status, refusal.error, refusal.detail, trace_id, retryable=False)
-    head = (
-        f"HTTP/1.1 {refusal.status} {title(refusal.status)}\r\n"
-        f"Content-Type: {CONTENT_TYPE}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Cache-Control: no-store\r\n"
-        f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body

@@ -110,10 +110,6 @@ class ProxyServer:
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
 
-    @property
-    def open_connections(self) -> int:
-        return self.gate.open
-
     def opened(self, conn: ClientConnection) -> None:
         self._connections.add(conn)
         self.gate.opened()

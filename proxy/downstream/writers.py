@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Protocol
 
@@ -205,9 +204,3 @@ def expects_continue(request: _Expecting) -> bool:
         tuple(request.version) >= (1, 1)
         and (request.headers.get("expect") or "").strip().lower() == "100-continue"
     )
-
-
-def continuer(out: Output) -> Callable[[], Awaitable[None]]:
-    """Tells the client to send its body (`100 Continue`), once: called when the
-    upstream has answered the forwarded expectation with its own 100."""
-    return out.send_continue

@@ -319,16 +319,6 @@ def test_declared_body_rule() -> None:
     assert lim.declared_body_refusal(6, 5) == lim.BODY_TOO_LARGE
 
 
-def test_raw_response_is_a_complete_problem() -> None:
-    raw = lim.raw_response(lim.HEAD_TIMEOUT, "a" * 32)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert b"\r\nConnection: close" in head
-    assert f"Content-Length: {len(body)}".encode() in head
-    doc = json.loads(body)
-    assert doc["error"] == "request_timeout" and doc["traceId"] == "a" * 32
-
-
 def test_listeners_default_to_loopback() -> None:
     config = parse_text(
         "version: 1\nupstreams: {u: {url: 'http://127.0.0.1:1'}}\n"
