@@ -41,7 +41,7 @@ from proxy.upstream.forward import RequestBody, malformed_head, send, target_url
 from proxy.upstream.guards import REPLAY_LIMIT, UpstreamGuard, backoff_delay
 from proxy.upstream.pool import Pool
 from proxy.wire import headers as h
-from proxy.wire.tracecontext import trace_context
+from proxy.wire.tracecontext import trace_context_of
 
 CLIENT_CLOSED = 499  # counted when a client hangs up before it got an answer
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -118,9 +118,7 @@ class Proxy:
         """Route it, forward it (in flight meanwhile), and record how it ended."""
         started = time.perf_counter()
         runtime = self._runtime()  # this request keeps this snapshot, even across a reload
-        incoming = request.headers.getall("traceparent", ())
-        # several traceparent headers are as invalid as a malformed one (W3C 3.2)
-        trace_id, traceparent = trace_context(incoming[0] if len(incoming) == 1 else None)
+        trace_id, traceparent = trace_context_of(request.headers.getall("traceparent", ()))
         host, path, named_host = request.host, request.raw_path, None
         if path[:1] != "/" and (absolute := h.origin_form(path)) is not None:
             # RFC 9112 3.2.2: the target's authority, not Host, names the host

@@ -43,7 +43,7 @@ from proxy.downstream.refusals import Refusal
 from proxy.downstream.request import NO_BODY, Body, Request, websocket_requested
 from proxy.wire import headers as h
 from proxy.wire.deadline import Deadline
-from proxy.wire.tracecontext import new_trace_id, trace_context
+from proxy.wire.tracecontext import new_trace_id, trace_context_of
 
 # Why reading from the client is paused (reading resumes when no reason is left)
 _PIPELINE = 1  # a parsed request waits for the one being answered
@@ -578,10 +578,10 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         """Answer a refusal (problem+json, SPEC 4.7) and close; counted first, so a
         client that has the answer finds it in /metrics."""
-        trace_id = new_trace_id()
-        if request is not None:
-            incoming = request.headers.getall("traceparent")
-            trace_id = trace_context(incoming[0] if len(incoming) == 1 else None)[0]
+        if request is None:
+            trace_id = new_trace_id()
+        else:
+            trace_id = trace_context_of(request.headers.getall("traceparent"))[0]
         if count:
             seconds = self._loop.time() - self._head_started
             self._server.accounting.refused(refusal, request, trace_id, seconds)
@@ -589,6 +589,7 @@ class ClientConnection(asyncio.Protocol):
         self._stopped = True
         self._keep = False
         if self._transport is not None and not self._closed:
+            # whole, even to a HEAD (as the request fuzzer reads it; RFC 9110 9.3.2 omits it)
             head = writers.head(
                 refusal.status, None, answer.headers,
                 b"Content-Length: %d\r\n" % len(answer.body or b"") + _CLOSE,

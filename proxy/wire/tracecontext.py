@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 
 # version-traceid-parentid-flags; a later version may append "-..." fields (W3C Trace
 # Context, "Versioning of traceparent": read what version 00 defines, keep the header)
@@ -18,6 +19,12 @@ def new_trace_id() -> str:
     PRNG (seeded from the OS, reseeded in forked workers) costs no system call, where
     os.urandom costs one per id."""
     return "%032x" % (random.getrandbits(128) or 1)
+
+
+def trace_context_of(fields: Sequence[str]) -> tuple[str, str]:
+    """`trace_context` of a request's `traceparent` field lines: several are as invalid as
+    a malformed one (W3C Trace Context 3.2)."""
+    return trace_context(fields[0] if len(fields) == 1 else None)
 
 
 def trace_context(traceparent: str | None) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from proxy.wire.tracecontext import new_trace_id, trace_context
+from proxy.wire.tracecontext import new_trace_id, trace_context, trace_context_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -72,6 +72,17 @@ def test_invalid_traceparent_starts_a_new_trace(header: str | None) -> None:
     # a new trace each time
     again, again_parent = trace_context(header)
     assert again != trace_id and again_parent != traceparent
+
+
+@pytest.mark.parametrize(
+    ("fields", "kept"),
+    [([VALID], True), ([], False), ([VALID, VALID], False), (["junk"], False)],
+    ids=["one valid", "none", "two (W3C 3.2: invalid)", "malformed"],
+)
+def test_trace_context_of_the_field_lines(fields: list[str], kept: bool) -> None:
+    trace_id, traceparent = trace_context_of(fields)
+    assert (trace_id == TRACE and traceparent == VALID) is kept
+    assert NEW_TRACEPARENT.fullmatch(traceparent) or kept
 
 
 def test_new_trace_id() -> None:
