@@ -306,16 +306,25 @@ def _frame_one(data: bytes, msg: Message) -> None:
         msg.kind, msg.why = EITHER, "; ".join(dict.fromkeys(lenient))
 
 
+def _crlf_line(data: bytes, pos: int, cut_short: str, bare: str) -> tuple[bytes, int]:
+    """The line at `pos` and where the next one starts: PARTIAL `cut_short` without its
+    CRLF, REFUSE `bare` with a CR or LF inside it."""
+    eol = data.find(b"\r\n", pos)
+    if eol < 0:
+        raise _Verdict(PARTIAL, cut_short)
+    line = data[pos:eol]
+    if re.search(rb"[\r\n]", line):
+        raise _Verdict(REFUSE, bare)
+    return line, eol + 2
+
+
 def _chunked(data: bytes, pos: int, msg: Message, lenient: list[str]) -> tuple[int, bytes]:
     body = b""
     while True:
         msg.body = body
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            raise _Verdict(PARTIAL, "a chunk-size line cut short")
-        line = data[pos:eol]
-        if re.search(rb"[\r\n]", line):
-            raise _Verdict(REFUSE, "a bare CR or LF in chunked framing")
+        line, after = _crlf_line(
+            data, pos, "a chunk-size line cut short", "a bare CR or LF in chunked framing"
+        )
         size = re.match(rb"[0-9A-Fa-f]+", line)
         if size is None:
             raise _Verdict(REFUSE, f"chunk size {line[:20]!r}")
@@ -330,7 +339,7 @@ def _chunked(data: bytes, pos: int, msg: Message, lenient: list[str]) -> tuple[i
         if len(size.group().lstrip(b"0")) > 16:
             raise _Verdict(REFUSE, "a chunk size that overflows 64 bits")
         n = int(size.group(), 16)
-        pos = eol + 2
+        pos = after
         if n == 0:
             break
         chunk = data[pos : pos + n]
@@ -346,13 +355,9 @@ def _chunked(data: bytes, pos: int, msg: Message, lenient: list[str]) -> tuple[i
         pos += n + 2
     msg.body = body
     while True:  # the trailer section
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            raise _Verdict(PARTIAL, "the trailer section is cut short")
-        line = data[pos:eol]
-        if re.search(rb"[\r\n]", line):
-            raise _Verdict(REFUSE, "a bare CR or LF in the trailer section")
-        pos = eol + 2
+        line, pos = _crlf_line(
+            data, pos, "the trailer section is cut short", "a bare CR or LF in the trailer section"
+        )
         if not line:
             return pos, body
         name, colon, value = line.partition(b":")
