@@ -235,7 +235,7 @@ class Proxy:
         """Keep a small body for a replay (SPEC 6.3), or stream it; with `Expect:
         100-continue` the upstream decides whether the client sends it (SPEC 7)."""
         request = call.request
-        if writers.expects_continue(request) and request.out is not None:
+        if request.expects_continue() and request.out is not None:
             call.body = RequestBody(None, request.content, length=request.content_length)
             call.on_continue = request.out.send_continue
         else:

@@ -183,6 +183,13 @@ class Request:
     def host(self) -> str:
         return self.headers.get("host") or ""
 
+    def expects_continue(self) -> bool:
+        """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
+        return (
+            self.version >= (1, 1)
+            and (self.headers.get("expect") or "").strip().lower() == "100-continue"
+        )
+
 
 class _HasHeaders(Protocol):
     @property

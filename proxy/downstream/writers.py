@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-from http import HTTPStatus
 from typing import Protocol
 
 from proxy.rules.verdict import Delivery, with_retry_after
@@ -25,11 +24,10 @@ from proxy.upstream.connection import Response
 from proxy.upstream.failures import Failure, UpstreamFailure
 from proxy.upstream.forward import iter_body
 from proxy.wire import headers as h
-from proxy.wire.problem import CONTENT_TYPE, problem_body
+from proxy.wire.problem import CONTENT_TYPE, PHRASES, problem_body
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 GENERATED_BY = "tunnelguard"  # `Server` of the answers tunnelguard generates
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class Answer:
@@ -70,7 +68,7 @@ class Output(Protocol):
 
 
 def reason_of(status: int) -> str:
-    return _REASONS.get(status, "Unknown")
+    return PHRASES.get(status, "Unknown")
 
 
 class _Clock:
@@ -184,23 +182,3 @@ async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
         if size > limit:
             return chunks, False
     return chunks, True
-
-
-class _Headers(Protocol):
-    def get(self, name: str, default: str | None = None) -> str | None: ...
-
-
-class _Expecting(Protocol):
-    @property
-    def version(self) -> tuple[int, int]: ...
-
-    @property
-    def headers(self) -> _Headers: ...
-
-
-def expects_continue(request: _Expecting) -> bool:
-    """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
-    return (
-        tuple(request.version) >= (1, 1)
-        and (request.headers.get("expect") or "").strip().lower() == "100-continue"
-    )

@@ -7,13 +7,11 @@ from http import HTTPStatus
 import orjson
 
 CONTENT_TYPE = "application/problem+json"
+PHRASES = {s.value: s.phrase for s in HTTPStatus}  # status -> its RFC reason phrase
 
 
 def title(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
+    return PHRASES.get(status, "Error")
 
 
 def problem_body(
