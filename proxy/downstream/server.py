@@ -168,11 +168,17 @@ class ProxyServer:
         answer = await self.handle(request)
         if isinstance(answer, web.StreamResponse):
             return answer
-        response = web.Response(status=answer.status, reason=answer.reason, body=answer.body)
-        for name, value in answer.headers:
-            response.headers.add(name, value)
-        response.force_close()  # one request on a handed-off connection: it was an upgrade
-        return response
+        return _closing_response(answer)
+
+
+def _closing_response(answer: writers.Answer) -> web.Response:
+    """An `Answer` as aiohttp's response, closing the connection: a handed-off connection
+    serves one request, its WebSocket handshake."""
+    response = web.Response(status=answer.status, reason=answer.reason, body=answer.body)
+    for name, value in answer.headers:
+        response.headers.add(name, value)
+    response.force_close()
+    return response
 
 
 class _HandedOff(RequestHandler):
@@ -200,8 +206,4 @@ class _HandedOff(RequestHandler):
         in problem+json, never quoting the exception."""
         refusal = refusals.INTERNAL if status >= 500 else refusals.MALFORMED
         answer = writers.problem(refusal.status, refusal.error, refusal.detail, new_trace_id())
-        response = web.Response(status=answer.status, body=answer.body)
-        for name, value in answer.headers:
-            response.headers.add(name, value)
-        response.force_close()
-        return response
+        return _closing_response(answer)
