@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""What could a Python proxy reach here?  CPU per request: HAProxy, tunnelguard, and two floors.
+"""What could a Python proxy reach here?  CPU per request: HAProxy, tunnelguard, and three floors.
 
-Loads four proxies in turn with wrk, pinned like bench/run.py (the proxy on one CPU, wrk and
+Loads five proxies in turn with wrk, pinned like bench/run.py (the proxy on one CPU, wrk and
 the upstream nginx on the other), on bodies (a) and (b) of the benchmark, and prints for each
 req/s, p50 and the proxy's CPU time per request (user and system, from /proc), then the
 p50 latency each adds at one connection (`wrk -c1`, body (a)):
@@ -10,13 +10,17 @@ p50 latency each adds at one connection (`wrk -c1`, body (a)):
   tunnelguard  the real thing, embedded default config
   hybrid    aiohttp's low-level server + a raw httptools upstream client + orjson + the rule
   lean      raw asyncio protocols on both sides (httptools parsers, uvloop) + orjson + the rule
+  featured  lean's lifecycle with every per-request feature of tunnelguard, called from its own
+            modules (`featured_answer`): the least a Python tunnelguard could cost
 
-`hybrid` and `lean` are in this file (`--serve hybrid|lean`): each is the least code that does
-tunnelguard's job on the benchmark's bodies (forward, parse the JSON, rewrite `"ok": false` to
-401, pass the rest) with none of its features (limits, failure table, metrics, logs, retries).
-They bound what a redesign of tunnelguard's data path can reach: `lean` is what an
-asyncio-protocol server and client would cost, `hybrid` what replacing only the upstream
-client costs while aiohttp still serves the clients.
+`hybrid`, `lean` and `featured` are in this file (`--serve hybrid|lean|featured`).  `hybrid`
+and `lean` are the least code that does tunnelguard's job on the benchmark's bodies (forward,
+parse the JSON, rewrite `"ok": false` to 401, pass the rest) with none of its features
+(limits, failure table, metrics, logs, retries): `lean` is what an asyncio-protocol server
+and client cost, `hybrid` what replacing only the upstream client costs while aiohttp still
+serves the clients.  `featured` adds, around lean's request, the calls tunnelguard's handler
+makes for its features, so it bounds what any redesign of tunnelguard's lifecycle in Python
+can reach while it keeps them.
 
     python3 bench/ceiling.py [--duration S] [--repeat N]
 """
@@ -106,7 +110,19 @@ def serve(kind: str, upstream: str, port: int) -> None:
                 return 401
         return status
 
-    if kind == "lean":
+    async def judged(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        status, got, body = await fetch(method, target, headers)
+        out = [b"HTTP/1.1 %d X\r\n" % judge(status, got, body)]
+        for name, value in got:
+            if name.lower() not in HOP:
+                out += [name, b": ", value, b"\r\n"]
+        out += [b"Content-Length: %d\r\n\r\n" % len(body), body]
+        return b"".join(out)
+
+    answer_with = judged
+    if kind == "featured":
+        answer_with = featured_answer(fetch, upstream)
+    if kind in ("lean", "featured"):
 
         class Client(asyncio.Protocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,14 +150,9 @@ def serve(kind: str, upstream: str, port: int) -> None:
             async def answer(
                 self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
             ) -> None:
-                status, got, body = await fetch(method, target, headers)
-                out = [b"HTTP/1.1 %d X\r\n" % judge(status, got, body)]
-                for name, value in got:
-                    if name.lower() not in HOP:
-                        out += [name, b": ", value, b"\r\n"]
-                out += [b"Content-Length: %d\r\n\r\n" % len(body), body]
+                data = await answer_with(method, target, headers)
                 if not self.transport.is_closing():  # type: ignore[attr-defined]
-                    self.transport.write(b"".join(out))  # type: ignore[attr-defined]
+                    self.transport.write(data)  # type: ignore[attr-defined]
 
         async def main() -> None:
             server = await asyncio.get_running_loop().create_server(
@@ -167,6 +178,105 @@ def serve(kind: str, upstream: str, port: int) -> None:
             await asyncio.Event().wait()
 
     uvloop.run(main())
+
+
+def featured_answer(fetch: Any, upstream: str) -> Any:
+    """`lean`'s lifecycle with every per-request feature of tunnelguard, called from its
+    own modules as its handler calls them: trace context, routing, the in-flight gauge,
+    the request and response header policy, the retry budget and the upstream's
+    admission, upstream timing, the inspection policy and `decide()` on the embedded
+    default rules, the verdict's headers, the response head, and one metrics sample and
+    access-log line per request (`Recorder`).  What it leaves out is tunnelguard's own
+    lifecycle (the connection's limits and bookkeeping, Call/Outcome/Plan, the await
+    chain, the pool's failure table): so lean -> featured is what the features cost, and
+    featured -> tunnelguard what the lifecycle costs beyond the least one."""
+    import os
+    import time
+
+    from proxy.config.load import load_default
+    from proxy.downstream import writers
+    from proxy.observe.logs import Log
+    from proxy.observe.metrics import Metrics
+    from proxy.observe.record import Recorder, RequestEnded
+    from proxy.rules import inspection as ins
+    from proxy.rules.decide import decide
+    from proxy.rules.snapshot import build
+    from proxy.rules.verdict import Delivery
+    from proxy.upstream.guards import UpstreamGuard
+    from proxy.wire import headers as h
+    from proxy.wire.tracecontext import trace_context_of
+
+    runtime = build(load_default(upstream))
+    metrics = Metrics()
+    recorder = Recorder(metrics, Log("json", open(os.devnull, "w")))  # noqa: SIM115
+    route = runtime.routes[0]
+    guard = UpstreamGuard.build(route.upstream)
+    policy = runtime.inspect
+
+    async def answer(method: bytes, target: bytes, raw: list[tuple[bytes, bytes]]) -> bytes:
+        started = time.perf_counter()
+        parents = [v.decode("latin-1") for n, v in raw if n.lower() == b"traceparent"]
+        trace_id, traceparent = trace_context_of(parents)
+        host = next((v.decode("latin-1") for n, v in raw if n.lower() == b"host"), "")
+        path = target.decode("latin-1")
+        chosen = runtime.route_for(host, path)
+        assert chosen is route
+        gauge = metrics.in_flight_for(route.name)
+        gauge.inc()
+        sent = h.request_headers(
+            raw, client_ip="127.0.0.1", scheme="http", upstream_host=route.upstream_host,
+            traceparent=traceparent, new_trace=not parents,
+        )  # fmt: skip
+        wire = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in sent]
+        guard.budget.record_request()
+        admission = guard.admit()
+        with admission:
+            up_started = time.perf_counter()
+            status, got, body = await fetch(method, route.upstream_target(path).encode(), wire)
+            up_seconds = time.perf_counter() - up_started
+            admission.record(failed=status >= 500)
+        metrics.observe_upstream(route.name, route.upstream.name, up_seconds)
+        headers = h.response_headers(got)
+        ctype = next((v.decode() for n, v in got if n.lower() == b"content-type"), None)
+        coding = next((v.decode() for n, v in got if n.lower() == b"content-encoding"), None)
+        delivery = Delivery(status, headers, None)
+        verdict = None
+        if policy.wants_status(method.decode(), status):
+            mtype, codings = ins.media_type(ctype), ins.encodings(coding)
+            reason = policy.skip_reason(mtype, codings, len(body))
+            if reason is not None:
+                metrics.count_inspection(route.name, reason)
+            else:
+                decision = decide(
+                    route.rules, policy, status, headers, body, mtype, codings,
+                    fallback_retry_after=route.fallback_retry_after, trace_id=trace_id,
+                )  # fmt: skip
+                metrics.count_inspection(route.name, decision.result)
+                verdict = decision.verdict
+                if verdict is not None:
+                    metrics.count_tunnelled(
+                        route.name, verdict.rule, verdict.action, verdict.status
+                    )
+                    delivery = decision.delivery or delivery
+        out = writers.buffered(delivery, body, route.fallback_retry_after, False)
+        data = writers.head(
+            out.status, None, out.headers, b"Content-Length: %d\r\n" % len(out.body or b"")
+        ) + (out.body or b"")
+        gauge.dec()
+        recorder.ended(
+            RequestEnded(
+                route=route.name, method=method.decode(), path=path.split("?", 1)[0],
+                code=out.status, true_code=verdict.status if verdict else out.status,
+                source="rewritten" if verdict else "upstream",
+                total_seconds=time.perf_counter() - started, trace_id=trace_id,
+                rule=verdict.rule if verdict else None,
+                action=verdict.action if verdict else None,
+                upstream_seconds=up_seconds, failure=None, attempts=1,
+            )
+        )  # fmt: skip
+        return data
+
+    return answer
 
 
 # --------------------------------------------------------------------------- measuring
@@ -209,7 +319,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--serve", choices=("hybrid", "lean"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("hybrid", "lean", "featured"), help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,7 +360,7 @@ def main() -> int:
         sides["haproxy"] = (hp.url, hp.proc.pid)
         tg = start_tunnelguard("tg", "tunnelguard", tmp, upstream, procs, layout, layout.proxy_cpus)
         sides["tunnelguard"] = (tg.url, tg.proc.pid)
-        for kind in ("hybrid", "lean"):
+        for kind in ("hybrid", "lean", "featured"):
             port = free_port()
             argv = [sys.executable, __file__, "--serve", kind, "--upstream", upstream.url]
             proc = procs.start(kind, layout.pinned([*argv, "--port", str(port)], layout.proxy_cpus))
