@@ -84,6 +84,7 @@ class RouteConfig:
     rules: tuple[str, ...] = ()
     action: str | None = None  # overrides every rule's action on this route
     jsonrpc_codes: tuple[tuple[int, int], ...] = ()
+    discover: DiscoverConfig | None = None  # None: the top level's; else merged with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,18 @@ class InspectConfig:
     max_decoded_bytes: int = 4 << 20
     content_types: tuple[str, ...] = ("application/json", "application/*+json")
     statuses: tuple[tuple[int, int], ...] = ((200, 299),)
+
+
+MAX_SHAPES_LIMIT = 1000  # each shape is a metric series: `discover.max_shapes` stays below this
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverConfig:
+    """SPEC 10: find suspect error shapes in bodies no rule matched."""
+
+    enabled: bool = True
+    max_shapes: int = 64  # per route; then new shapes count as `other`
+    header: bool = False  # add `Tunnelguard-Suspect: <id>` to suspect responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +214,7 @@ class Config:
     drain: DrainConfig = DrainConfig()
     server: ServerLimits = ServerLimits()
     action: str | None = None  # global override (report-only rollout with `flag`)
+    discover: DiscoverConfig = DiscoverConfig()
     source: str = "<config>"
     upstream_by_name: dict[str, UpstreamConfig] = field(
         default_factory=dict, compare=False, repr=False

@@ -16,10 +16,12 @@ from yarl import URL
 from proxy.config.errors import ConfigError
 from proxy.config.model import (
     ACTIONS,
+    MAX_SHAPES_LIMIT,
     PRESET_NAMES,
     RETRY_REASONS,
     BreakerPolicy,
     Config,
+    DiscoverConfig,
     DrainConfig,
     InspectConfig,
     RetryPolicy,
@@ -43,7 +45,7 @@ _MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/(?:\*|\*?[a-z0-9!#$&^_.+-]+)$")
 
 _TOP_KEYS = (
     "version", "listen", "admin", "upstreams", "routes", "drain", "inspect", "rules",
-    "tests", "server", "action",
+    "tests", "server", "action", "discover",
 )  # fmt: skip
 
 
@@ -72,7 +74,8 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
     # the entry, not again at every reference.
     names = _declared_upstreams(doc.get("upstreams"))
     rule_names = _declared_rules(doc.get("rules")) | set(PRESET_NAMES)
-    routes = _routes(w, doc["routes"], names, rule_names) if "routes" in doc else ()
+    discover = w.field(doc, "discover", (), lambda v, p: _discover(w, v, p), DiscoverConfig())
+    routes = _routes(w, doc["routes"], names, rule_names, discover) if "routes" in doc else ()
     config = Config(
         upstreams=upstreams,
         routes=routes,
@@ -84,6 +87,7 @@ def parse_document(source: Source, upstream_url: str | None = None) -> Config:
         drain=_drain(w, doc.get("drain", {})),
         server=_server(w, doc.get("server", {})),
         action=w.field(doc, "action", (), w.choice(ACTIONS), None),
+        discover=discover,
         source=source.file,
     )
     if w.problems:
@@ -227,11 +231,16 @@ def _breaker(w: Walker, value: object, path: Path) -> BreakerPolicy:
 
 _ROUTE_KEYS = (
     "name", "match", "upstream", "strip_prefix", "rules", "action", "preset_options",
+    "discover",
 )  # fmt: skip
 
 
 def _routes(
-    w: Walker, value: object, upstreams: set[str] | None, rule_names: set[str]
+    w: Walker,
+    value: object,
+    upstreams: set[str] | None,
+    rule_names: set[str],
+    discover: DiscoverConfig | None = None,
 ) -> tuple[RouteConfig, ...]:
     items = w.sequence(value, ("routes",))
     if items is None:
@@ -277,6 +286,7 @@ def _routes(
             jsonrpc_codes=w.field(
                 m, "preset_options", at, lambda v, p: _preset_options(w, v, p), ()
             ),
+            discover=w.field(m, "discover", at, lambda v, p: _discover(w, v, p, discover), None),
         )
         # A `match` with errors fell back to defaults; judging reachability on it would only
         # add a misleading second error.
@@ -380,6 +390,33 @@ def _inspect(w: Walker, value: object, path: Path = ("inspect",)) -> InspectConf
         max_decoded_bytes=w.field(m, "max_decoded_bytes", path, w.size, d.max_decoded_bytes),
         content_types=types,
         statuses=statuses,
+    )
+
+
+def _discover(
+    w: Walker,
+    value: object,
+    path: Path,
+    base: DiscoverConfig | None = None,
+) -> DiscoverConfig:
+    """`discover` (SPEC 10), at the top level or on a route, where each key it sets
+    overrides the top level's (`base`)."""
+    base = base or DiscoverConfig()
+    m = w.mapping(value, path, ("enabled", "max_shapes", "header"))
+    if m is None:
+        return BAD  # type: ignore[no-any-return]
+
+    def max_shapes(value: object, at: Path) -> int:
+        count = w.positive_int(value, at)
+        if count is not BAD and count > MAX_SHAPES_LIMIT:
+            w.error(at, f"at most {MAX_SHAPES_LIMIT} (each shape is a metric series), got {count}")
+            return BAD  # type: ignore[no-any-return]
+        return count
+
+    return DiscoverConfig(
+        enabled=w.field(m, "enabled", path, w.boolean, base.enabled),
+        max_shapes=w.field(m, "max_shapes", path, max_shapes, base.max_shapes),
+        header=w.field(m, "header", path, w.boolean, base.header),
     )
 
 

@@ -22,6 +22,7 @@ from proxy.config.model import (
     BreakerPolicy,
     Condition,
     Config,
+    DiscoverConfig,
     DrainConfig,
     InspectConfig,
     Listen,
@@ -807,6 +808,23 @@ ERRORS = [
      "[a]", "tests[0].response.headers", "expected a mapping of header names to values"),
     ("test-missing-expect", _tests("{name: t, route: main, response: {}}"), 9, "{",
      "tests[0]", "missing required key `expect`"),
+    # discover (SPEC 10), top level and per route
+    ("discover-not-mapping", MINIMAL + "discover: true\n", 8, "true", "discover",
+     "expected a mapping, got boolean true"),
+    ("discover-unknown-key", MINIMAL + "discover: {max_shape: 3}\n", 8, "max_shape",
+     "discover.max_shape", "unknown key `max_shape` (did you mean `max_shapes`?)"),
+    ("discover-enabled-type", MINIMAL + "discover: {enabled: 'yes'}\n", 8, "'yes'",
+     "discover.enabled", "expected true or false, got 'yes'"),
+    ("discover-max-shapes-zero", MINIMAL + "discover: {max_shapes: 0}\n", 8, "0}",
+     "discover.max_shapes", "must be at least 1, got 0"),
+    ("discover-max-shapes-huge", MINIMAL + "discover: {max_shapes: 5000}\n", 8, "5000",
+     "discover.max_shapes", "at most 1000 (each shape is a metric series), got 5000"),
+    ("discover-max-shapes-float", MINIMAL + "discover: {max_shapes: 1.5}\n", 8, "1.5",
+     "discover.max_shapes", "expected an integer, got float 1.5"),
+    ("route-discover-header", _route("discover: {header: 1}"), 8, "1}",
+     "routes[0].discover.header", "expected true or false, got int 1"),
+    ("route-discover-unknown", _route("discover: {enable: false}"), 8, "enable",
+     "routes[0].discover.enable", "(did you mean `enabled`?)"),
 ]  # fmt: skip
 
 
@@ -1023,3 +1041,21 @@ def test_regexes_too_large_to_evaluate_quickly_are_rejected() -> None:
         parse_text(text, "r.yaml")
     assert "too large to evaluate quickly" in str(caught.value)
     parse_text(text.replace("{0,1000}", "{0,100}"), "r.yaml")  # still fine
+
+
+def test_discover_defaults_and_route_overrides_key_by_key() -> None:
+    """SPEC 10: `discover: {enabled: true, max_shapes: 64, header: false}` at the top level
+    and per route; a route's keys override the top level's one by one."""
+    plain = parse_text(MINIMAL, FILE)
+    assert plain.discover == DiscoverConfig(enabled=True, max_shapes=64, header=False)
+    assert plain.routes[0].discover is None  # the top level's
+    text = (
+        MINIMAL
+        + "    match: {path_prefix: /m}\n    discover: {header: true}\n"
+        + "  - name: other\n    upstream: app\n    discover: {enabled: false}\n"
+        + "discover: {max_shapes: 8, enabled: true}\n"
+    )
+    config = parse_text(text, FILE)
+    assert config.discover == DiscoverConfig(enabled=True, max_shapes=8, header=False)
+    assert config.routes[0].discover == DiscoverConfig(enabled=True, max_shapes=8, header=True)
+    assert config.routes[1].discover == DiscoverConfig(enabled=False, max_shapes=8, header=False)

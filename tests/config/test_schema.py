@@ -177,6 +177,7 @@ SITES = {
     ("_inspect", "path"): "/$defs/inspect",
     ("_drain", "path"): "/$defs/drain",
     ("_server", "path"): "/$defs/server",
+    ("_discover", "path"): "/$defs/discover",
     ("parse_rules", "at"): "/$defs/rule",
     ("_when", "path"): "/$defs/when",
     ("_status", "path"): "/$defs/statusMapping",
