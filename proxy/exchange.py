@@ -29,6 +29,7 @@ class Outcome:
     failure: Failure | None = None
     upstream_seconds: float | None = None
     attempts: int = 0
+    suspect: str | None = None  # the shape id of a suspect body (SPEC 10)
 
     def answered_by_proxy(self, status: int) -> None:
         """tunnelguard answered itself (no route, a refusal, the failure table, 499)."""
@@ -73,6 +74,7 @@ class Plan:
     raw: bytes | None = None
     verdict: Verdict | None = None
     delivery: Delivery | None = None
+    suspect: str | None = None  # the shape id, when the clean body is suspect (SPEC 10)
 
     @property
     def true_status(self) -> int:

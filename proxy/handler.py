@@ -26,8 +26,10 @@ from proxy.observe.logs import Log
 from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.observe.record import Recorder, RequestEnded
 from proxy.rules import inspection as ins
+from proxy.rules.catalogue import ShapeCatalogue
 from proxy.rules.decide import decide
 from proxy.rules.snapshot import Route, Runtime
+from proxy.rules.suspect import Suspect
 from proxy.rules.verdict import Delivery
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import (
@@ -57,13 +59,16 @@ class Proxy:
         metrics: Metrics,
         log: Log | None = None,
         pool: Pool | None = None,
+        catalogue: ShapeCatalogue | None = None,
     ) -> None:
+        """`catalogue` keeps the suspect shapes (SPEC 10); it outlives reloads."""
         self._runtime = runtime
         self._session = session  # WebSocket handshakes only
         self._pool = pool or Pool()  # every other request
         self._metrics = metrics
         self._recorder = Recorder(metrics, log)
         self._guards: dict[str, UpstreamGuard] = {}
+        self.catalogue = catalogue if catalogue is not None else ShapeCatalogue()
         self._draining = asyncio.Event()  # see `closing`
         self.active = 0  # requests being handled now (drain waits for them)
 
@@ -388,6 +393,7 @@ class Proxy:
         decision = decide(
             route.rules, policy, resp.status, plan.headers, plan.raw, mtype, codings,
             fallback_retry_after=route.fallback_retry_after, trace_id=call.trace_id,
+            discover=route.discover.enabled and 200 <= resp.status < 300,
         )  # fmt: skip
         self._metrics.count_inspection(route.name, decision.result)
         verdict = decision.verdict
@@ -395,7 +401,15 @@ class Proxy:
             self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
             plan.verdict = verdict
             plan.delivery = decision.delivery
+        elif decision.suspect is not None:
+            plan.suspect = self._catalogued(route, decision.suspect)
         return plan
+
+    def _catalogued(self, route: Route, suspect: Suspect) -> str:
+        """A suspect body (SPEC 10): catalogued and counted; nothing about it changes."""
+        label = self.catalogue.record(route.name, suspect, time.time(), route.discover.max_shapes)
+        self._metrics.count_suspect(route.name, label)  # an id, or `other`: bounded
+        return suspect.shape
 
     async def _deliver(self, call: Call, plan: Plan) -> Answer:
         """Answer the client: from the failure table, relayed as it arrives, or buffered
@@ -423,6 +437,10 @@ class Proxy:
         delivery = plan.delivery or Delivery(resp.status, plan.headers, None)
         if plan.verdict is not None:
             outcome.judged(plan.verdict, delivery.status)
+        elif plan.suspect is not None:
+            outcome.suspect = plan.suspect
+            if route.discover.header:
+                delivery.headers.append(("Tunnelguard-Suspect", plan.suspect))
         return writers.buffered(delivery, plan.raw, fallback, self.closing)
 
     def _failure(
@@ -478,5 +496,6 @@ class Proxy:
                 upstream_seconds=outcome.upstream_seconds,
                 failure=failure.kind if failure else None,
                 attempts=outcome.attempts,
+                suspect=outcome.suspect,
             )
         )

@@ -147,6 +147,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.suspect_responses = Counter(
+            PREFIX + "suspect_responses_total",
+            "Clean responses with an error marker no rule matched, by shape (SPEC 10); "
+            "shape is a catalogue id, or `other` once the route's catalogue is full.",
+            ("route", "shape"),
+            registry=r,
+        )
         self.build_info.labels(__version__).set(1)
         for result in ("success", "failure"):  # present from the start, so increase() works
             self.config_reloads.labels(result)
@@ -156,6 +163,8 @@ class Metrics:
         self._inspections: dict[tuple[str, str], Counter] = {}
         self._in_flight: dict[str, Gauge] = {}
         self._tunnelled: dict[tuple[str, str, str, int], Counter] = {}
+        # bounded by the catalogue: per route at most discover.max_shapes ids and `other`
+        self._suspects: dict[tuple[str, str], Counter] = {}
 
     def declare_upstream(
         self, upstream: str, kinds: tuple[str, ...], reasons: tuple[str, ...]
@@ -212,6 +221,14 @@ class Metrics:
             child = self._tunnelled[key] = self.tunnelled_errors.labels(
                 route, rule, action, str(status)
             )
+        self._count(child)
+
+    def count_suspect(self, route: str, shape: str) -> None:
+        """A suspect response (SPEC 10); `shape` is the label the catalogue gave it."""
+        key = (route, shape)
+        child = self._suspects.get(key)
+        if child is None:
+            child = self._suspects[key] = self.suspect_responses.labels(route, shape)
         self._count(child)
 
     # -- batching --------------------------------------------------------------------------

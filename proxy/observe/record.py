@@ -32,6 +32,7 @@ class RequestEnded:
     failure: str | None = None  # upstream_failures_total{kind}
     attempts: int = 0
     error: str | None = None  # the server's refusal code, for requests it refused itself
+    suspect: str | None = None  # the suspect shape id of a clean body (SPEC 10)
 
 
 class Recorder:
@@ -52,6 +53,15 @@ class Recorder:
         if log is None:
             return
         upstream = r.upstream_seconds
+        if r.suspect is not None:  # `suspect` only when there is one (SPEC 9)
+            log.access(
+                route=r.route, method=r.method, path=r.path, code=r.code,
+                true_code=r.true_code, source=r.source, rule=r.rule, action=r.action,
+                upstream_time=round(upstream, 6) if upstream is not None else None,
+                total_time=round(r.total_seconds, 6), failure=r.failure,
+                attempts=r.attempts, suspect=r.suspect, traceId=r.trace_id, pid=self._pid,
+            )  # fmt: skip
+            return
         if r.error is None:  # the handler's lines have no `error`
             log.access(
                 route=r.route, method=r.method, path=r.path, code=r.code,

@@ -58,11 +58,12 @@ class _Shape:
 class ShapeCatalogue:
     """Per route, at most `max_shapes` shapes (`record` may lower or raise it per route)."""
 
-    __slots__ = ("_max_shapes", "_routes")
+    __slots__ = ("_max_shapes", "_routes", "changes")
 
     def __init__(self, max_shapes: int = DEFAULT_MAX_SHAPES) -> None:
         self._max_shapes = max_shapes
         self._routes: dict[str, dict[str, _Shape]] = {}
+        self.changes = 0  # responses recorded in a shape: the snapshot changed when this did
 
     def record(
         self, route: str, suspect: Suspect, now: float, max_shapes: int | None = None
@@ -82,6 +83,7 @@ class ShapeCatalogue:
             shape = shapes[suspect.shape] = _Shape(suspect.shape, suspect.keys, markers, now, now)
         shape.count += 1
         shape.last_seen = now
+        self.changes += 1
         for kept, marker in zip(shape.markers, suspect.markers, strict=False):
             value = marker.value
             if value is None or kept.pointer != marker.pointer:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from proxy.rules.inspection import InspectPolicy, examine
 from proxy.rules.ruleset import RuleSet
+from proxy.rules.suspect import Suspect
 from proxy.rules.verdict import Delivery, Verdict, apply_verdict
 from proxy.wire import headers as h
 
@@ -22,6 +23,7 @@ class Decision:
     result: str  # inspections_total{result}
     verdict: Verdict | None = None  # the matching rule's, else None
     delivery: Delivery | None = None  # the answer with the verdict applied, when one matched
+    suspect: Suspect | None = None  # no rule matched, but the body has error markers (SPEC 10)
 
 
 def decide(
@@ -35,14 +37,16 @@ def decide(
     *,
     fallback_retry_after: int,
     trace_id: str,
+    discover: bool = False,
 ) -> Decision:
     """Judge `raw`, the complete body of a response with `status` and `headers` (already
     filtered for the client).  Never raises on bad input: undecodable or invalid bodies
-    are a `result`, not an error."""
-    examined = examine(rules, policy, raw, mtype, codings)
+    are a `result`, not an error.  With `discover`, a clean body is also looked at for
+    error markers (`suspect`, SPEC 10)."""
+    examined = examine(rules, policy, raw, mtype, codings, discover)
     verdict = examined.verdict
     if verdict is None:
-        return Decision(examined.result)
+        return Decision(examined.result, suspect=examined.suspect)
     delivery = apply_verdict(
         verdict,
         status,

@@ -23,6 +23,7 @@ import zstandard
 
 from proxy.config.model import InspectConfig
 from proxy.rules.ruleset import RuleSet
+from proxy.rules.suspect import Suspect, detect
 from proxy.rules.verdict import Verdict
 from proxy.wire import jsondoc
 
@@ -266,14 +267,22 @@ class Examined:
     result: str  # inspections_total{result}
     verdict: Verdict | None = None
     decoded: bytes = b""  # the JSON text (BOM removed), when it parsed
+    suspect: Suspect | None = None  # a clean body's error markers (SPEC 10), when looked for
 
 
 def examine(
-    rules: RuleSet, policy: InspectPolicy, raw: bytes, mtype: str, codings: tuple[str, ...]
+    rules: RuleSet,
+    policy: InspectPolicy,
+    raw: bytes,
+    mtype: str,
+    codings: tuple[str, ...],
+    discover: bool = False,
 ) -> Examined:
     """Decode, parse and evaluate a buffered body.  Pure; never raises on bad input.
 
-    An empty body carries no error: it is clean, not invalid JSON."""
+    An empty body carries no error: it is clean, not invalid JSON.  With `discover`, a
+    clean body goes through the suspect-shape detector (SPEC 10) while its parsed document
+    is at hand."""
     if not raw:
         return Examined(CLEAN)
     try:
@@ -286,5 +295,5 @@ def examine(
     except RecursionError:  # a pathological nesting depth: treat as not matching
         verdict = None
     if verdict is None:
-        return Examined(CLEAN)
+        return Examined(CLEAN, suspect=detect(doc) if discover else None)
     return Examined(MATCHED, verdict, strip_bom(decoded))

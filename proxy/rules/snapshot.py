@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from proxy.config.model import Config, RouteConfig, UpstreamConfig
+from proxy.config.model import Config, DiscoverConfig, RouteConfig, UpstreamConfig
 from proxy.rules.inspection import InspectPolicy
 from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.wire.headers import authority
@@ -30,6 +30,7 @@ class Route:
     authorization: str | None  # from the upstream URL's userinfo; the client's own wins
     rules: RuleSet
     fallback_retry_after: int
+    discover: DiscoverConfig  # the route's, merged with the top level's (SPEC 10)
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and self.host != host:
@@ -89,6 +90,7 @@ def _route(route: RouteConfig, config: Config) -> Route:
             jsonrpc_codes=dict(route.jsonrpc_codes),
         ),
         fallback_retry_after=max(1, math.ceil(upstream.retry_after)),
+        discover=route.discover or config.discover,
     )
 
 

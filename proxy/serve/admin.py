@@ -1,9 +1,10 @@
-"""The admin listener: /metrics, /healthz, /readyz, /config (SPEC section 2)."""
+"""The admin listener: /metrics, /healthz, /readyz, /config, /shapes (SPEC section 2)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -35,10 +36,14 @@ def config_json(config: Config) -> bytes:
 
 
 def build_admin(
-    registry: CollectorRegistry, config: Callable[[], Config], ready: Callable[[], bool]
+    registry: CollectorRegistry,
+    config: Callable[[], Config],
+    ready: Callable[[], bool],
+    shapes: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """`registry` is one process's metrics, or a multiprocess collector's view of all
-    workers (`--workers N`)."""
+    workers (`--workers N`); `shapes` the suspect-shape catalogue's document (SPEC 10),
+    one process's or all workers' merged."""
 
     async def get_metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -56,9 +61,15 @@ def build_admin(
     async def get_config(request: web.Request) -> web.Response:
         return web.Response(body=config_json(config()), content_type="application/json")
 
+    async def get_shapes(request: web.Request) -> web.Response:
+        document = shapes() if shapes is not None else {"routes": {}}
+        body = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+        return web.Response(body=body, content_type="application/json")
+
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/config", get_config)
+    app.router.add_get("/shapes", get_shapes)
     return app

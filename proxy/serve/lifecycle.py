@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -17,9 +18,11 @@ from proxy.downstream.server import Accounting, ProxyServer
 from proxy.handler import Proxy
 from proxy.observe.logs import Log
 from proxy.observe.metrics import Metrics
+from proxy.rules.catalogue import ShapeCatalogue
 from proxy.rules.snapshot import Runtime, build
 from proxy.serve.admin import build_admin
 from proxy.serve.reload import Loader, carry_over, try_load, watch
+from proxy.serve.shapes import keep_written, shapes_directory
 from proxy.upstream.forward import new_session
 from proxy.upstream.pool import Pool
 
@@ -50,6 +53,9 @@ class TunnelGuard:
         # a worker's samples go to files the master reads: written as each request is
         # counted, before its response is complete
         self.metrics = metrics or Metrics(shared=not admin)
+        # suspect shapes (SPEC 10): one catalogue for the process's life, kept by reloads
+        self.catalogue = ShapeCatalogue()
+        self._shapes_writer: asyncio.Task[None] | None = None  # a worker's, see serve.shapes
         self.draining = False
         self._session: ClientSession | None = None
         self._pool: Pool | None = None
@@ -71,8 +77,9 @@ class TunnelGuard:
         self._session = new_session()
         self._pool = Pool()
         proxy = self._proxy = Proxy(
-            lambda: self.runtime, self._session, self.metrics, self.log, self._pool
-        )
+            lambda: self.runtime, self._session, self.metrics, self.log, self._pool,
+            self.catalogue,
+        )  # fmt: skip
         proxy.prepare(self.runtime)
         server = self._server = ProxyServer(  # client-side limits, framing (SPEC 4.7, 7)
             proxy.handle, limits=config.server, accounting=Accounting(self.metrics, self.log)
@@ -80,9 +87,15 @@ class TunnelGuard:
         # at max_connections it stops accepting: the rest wait in the listen backlog
         self.proxy_address = await server.start(config.listen, self._listen_socket)
         if not self._admin:
+            directory = shapes_directory()  # the master merges the workers' shapes
+            if directory is not None:
+                writer = keep_written(self.catalogue, directory, os.getpid())
+                self._shapes_writer = asyncio.ensure_future(writer)
             self.log.event("worker_startup", pid=os.getpid(), listen=url_of(self.proxy_address))
             return
-        admin = build_admin(self.metrics.registry, lambda: self.config, self.ready)
+        admin = build_admin(
+            self.metrics.registry, lambda: self.config, self.ready, self.catalogue.snapshot
+        )
         listen = config.admin_listen
         self.admin_address = await self._listen(
             web.AppRunner(admin, access_log=None),
@@ -171,6 +184,11 @@ class TunnelGuard:
             await self._pool.close()
             self._pool = None
         self.metrics.flush()  # a worker's last samples reach the shared files
+        if self._shapes_writer is not None:  # ... and its last shapes (written as it ends)
+            writer, self._shapes_writer = self._shapes_writer, None
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         self.log.event("shutdown")
 
 

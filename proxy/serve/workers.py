@@ -3,7 +3,8 @@
 The master claims the proxy address once and gives every worker a listening socket on
 it: on Linux each worker its own (SO_REUSEPORT, so the kernel spreads new connections
 evenly among them), elsewhere one socket they all accept on.  It restarts a worker that
-dies, answers the admin endpoints, and reports all workers' metrics together through
+dies, answers the admin endpoints (/shapes merges the workers' catalogues: serve.shapes),
+and reports all workers' metrics together through
 prometheus-client's multiprocess mode: each worker writes its samples to files in a
 private directory, and the master sums them at scrape time.  A dead worker's counter
 files stay, so counters never go backwards when a worker is replaced (Prometheus'
@@ -25,10 +26,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config.model import Config, Listen
 from proxy.observe.logs import Log
 from proxy.serve.reload import Loader, carry_over, try_load, watch
+from proxy.serve.shapes import merged_shapes
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_FD_FLAG = "--worker-fd"
@@ -205,8 +208,13 @@ class Master:
         mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         self._mark_dead = mp.mark_process_dead
         self._reloads = Metrics().config_reloads  # written to the shared directory
+        directory = os.environ[MULTIPROC_ENV]
+
+        def shapes() -> dict[str, Any]:
+            return merged_shapes(directory, self.config)
+
         admin = web.AppRunner(
-            build_admin(registry, lambda: self.config, self.ready), access_log=None
+            build_admin(registry, lambda: self.config, self.ready, shapes), access_log=None
         )
         await admin.setup()
         listen = self.config.admin_listen

@@ -96,3 +96,14 @@ def test_without_an_event_loop_samples_are_written_at_once() -> None:
     metrics.observe_upstream("r", "u", 0.2)
     hist = metrics.upstream_duration.labels("r", "u")
     assert hist._sum.get() == 0.2
+
+
+def test_suspect_responses_are_counted_by_route_and_shape() -> None:
+    """SPEC 8/10: one series per (route, shape); `shape` is a catalogue id or `other`."""
+    metrics = Metrics()
+    for shape in ("s-3f9a1c2e", "s-3f9a1c2e", "other"):
+        metrics.count_suspect("default", shape)
+    value = metrics.registry.get_sample_value
+    name = "tunnelguard_suspect_responses_total"
+    assert value(name, {"route": "default", "shape": "s-3f9a1c2e"}) == 2
+    assert value(name, {"route": "default", "shape": "other"}) == 1

@@ -65,3 +65,16 @@ def test_handled_and_refused_lines_have_one_shape() -> None:
     assert handled["true_code"] == 503 and handled["rule"] == "slack"
     assert refused["method"] is None and refused["path"] is None
     assert refused["error"] == "request_header_fields_too_large"
+
+
+def test_a_suspect_line_carries_its_shape_id() -> None:
+    """SPEC 9: `suspect` is in the access line when there is one, and only then."""
+    suspect = RequestEnded(
+        route="api", method="GET", path="/users", code=200, true_code=200, source="upstream",
+        total_seconds=0.01, trace_id="ef" * 16, attempts=1, suspect="s-3f9a1c2e",
+    )  # fmt: skip
+    metrics, (line, handled) = _record(suspect, HANDLED)
+    assert line["suspect"] == "s-3f9a1c2e" and "suspect" not in handled
+    assert list(line)[-3:] == ["suspect", "traceId", "pid"]
+    labels = {"route": "api", "method": "GET", "code": "200", "class": "2xx", "source": "upstream"}
+    assert metrics.registry.get_sample_value("tunnelguard_requests_total", labels) == 1.0
