@@ -62,6 +62,7 @@ def test_dashboard_is_well_formed() -> None:
         "Tunnelled errors by rule",
         "Upstream failures by kind",
         "Request latency percentiles",
+        "Suspect responses by shape (discovery)",
     ):
         assert wanted in titles
     families = {family.name for family in Metrics().registry.collect()}
@@ -89,9 +90,13 @@ async def test_every_expression_returns_series(
     async def down(request: web.Request) -> web.Response:
         return web.json_response({"error": "upstream timeout"})
 
+    async def wechat(request: web.Request) -> web.Response:  # suspect: no rule knows it
+        return web.json_response({"errcode": 40001, "errmsg": "invalid credential"})
+
     app.router.add_get("/ok", ok)
     app.router.add_get("/auth", auth)
     app.router.add_get("/down", down)
+    app.router.add_get("/wechat", wechat)
     upstream = await start_upstream(app)
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -110,7 +115,7 @@ async def test_every_expression_returns_series(
     async def traffic(rounds: int) -> None:
         async with aiohttp.ClientSession() as s:
             for _ in range(rounds):
-                for path in ("/ok", "/ok", "/auth", "/down", "/dead/x"):
+                for path in ("/ok", "/ok", "/auth", "/down", "/wechat", "/dead/x"):
                     async with s.get(tg.url + path) as r:
                         await r.read()
 

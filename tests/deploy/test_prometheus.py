@@ -290,6 +290,7 @@ async def test_recording_rules_through_real_prometheus(
         "TunnelguardUpstreamFailures",
         "TunnelguardCircuitOpen",
         "TunnelguardConfigReloadFailed",
+        "TunnelguardNewSuspectShape",
     } <= loaded
     # Ratios per round (success = not 5xx): api 40/50 both ways; shadow 8/10 true but 10/10
     # delivered; dead 0/4.  Tunnelled: api 20/50, shadow 4/10.  `gone` never answered.
