@@ -335,11 +335,15 @@ def test_markers_and_listed_keys_are_capped() -> None:
     assert len(found.markers) == sus.MAX_MARKERS and len(found.keys) == sus.MAX_KEYS
 
 
-def test_the_key_cache_is_bounded() -> None:
+def test_the_caches_are_bounded() -> None:
     rng = random.Random(20)
     for _ in range(100):
         detect({"".join(rng.choices("abcdefgh", k=12)): 1 for _ in range(100)} | {"error": "x"})
     assert len(sus._KINDS) <= sus.KIND_CACHE_SIZE
+    for _ in range(2 * sus.OUTLINE_CACHE_SIZE):  # small suspect key sets: outlines cached
+        detect({"".join(rng.choices("abcdefgh", k=12)): 1, "error": "x"})
+    assert len(sus._OUTLINES) == sus.OUTLINE_CACHE_SIZE
+    assert all(len(names) <= sus.OUTLINE_MAX_KEYS for names in sus._OUTLINES)
 
 
 def test_deep_nesting_costs_nothing() -> None:
