@@ -33,7 +33,7 @@ DOC_FILES = [p for p in (ROOT / "README.md",) if p.exists()] + sorted((ROOT / "d
 
 CONFIG_KEYS = frozenset(
     {"version", "listen", "admin", "upstreams", "routes", "drain", "inspect", "rules", "tests"}
-    | {"server", "action"}
+    | {"server", "action", "discover"}
 )
 _OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 _FULL = re.compile(r"^version:\s*1\s*(?:#.*)?$")
