@@ -41,6 +41,7 @@ class _Value:
 class _Marker:
     pointer: str
     type: str
+    value_pointer: str | None  # where the values were read, when not at `pointer`
     values: dict[str, _Value] = field(default_factory=dict)
 
 
@@ -79,7 +80,7 @@ class ShapeCatalogue:
             limit = self._max_shapes if max_shapes is None else max_shapes
             if len(shapes) >= limit:
                 return OTHER
-            markers = tuple(_Marker(m.pointer, m.type) for m in suspect.markers)
+            markers = tuple(_Marker(m.pointer, m.type, m.value_pointer) for m in suspect.markers)
             shape = shapes[suspect.shape] = _Shape(suspect.shape, suspect.keys, markers, now, now)
         shape.count += 1
         shape.last_seen = now
@@ -88,6 +89,10 @@ class ShapeCatalogue:
             value = marker.value
             if value is None or kept.pointer != marker.pointer:
                 continue  # nothing code-like, or (a 32-bit hash collision) another shape
+            if kept.value_pointer != marker.value_pointer:
+                if kept.values:
+                    continue  # read from another member than the values kept: not comparable
+                kept.value_pointer = marker.value_pointer
             seen = kept.values.get(value)
             if seen is not None:
                 seen.count += 1
@@ -121,16 +126,17 @@ def _shape_json(shape: _Shape) -> dict[str, Any]:
         "first_seen": rfc3339(shape.first_seen),
         "last_seen": rfc3339(shape.last_seen),
         "keys": list(shape.keys),
-        "markers": [
-            {
-                "pointer": m.pointer,
-                "type": m.type,
-                "values": {v: {"count": s.count, "status": s.status} for v, s in m.values.items()},
-            }
-            for m in shape.markers
-        ],
+        "markers": [_marker_json(m) for m in shape.markers],
         "status": status,
     }
+
+
+def _marker_json(marker: _Marker) -> dict[str, Any]:
+    data: dict[str, Any] = {"pointer": marker.pointer, "type": marker.type}
+    if marker.value_pointer is not None:  # an object's or array's member: `/Response/Error/Code`
+        data["value_pointer"] = marker.value_pointer
+    data["values"] = {v: {"count": s.count, "status": s.status} for v, s in marker.values.items()}
+    return data
 
 
 def rfc3339(seconds: float) -> str:
@@ -193,6 +199,7 @@ def _merge_shape(
                 {
                     "pointer": m["pointer"],
                     "type": m["type"],
+                    **({"value_pointer": m["value_pointer"]} if m.get("value_pointer") else {}),
                     "values": {
                         str(v): {"count": int(s["count"]), "status": int(s["status"])}
                         for v, s in m["values"].items()

@@ -141,7 +141,8 @@ class Marker:
     are structure.  `value` is the short code-like value, or None: an integer's text, a
     token of at most 64 characters of `[A-Za-z0-9_.:-]`; for an object marker its `code`
     (then `errcode`, `errorCode`, `faultcode`, `type`) member, for an array the first
-    element's (or the first element itself); never a message marker's text.  `status` is
+    element's (or the first element itself), at `value_pointer` (`/Response/Error/Code`,
+    `/errors/0/code`); never a message marker's text.  `status` is
     the marker's own number for a numeric status marker, else the keyword classifier on the
     message inside or beside it (then on the value), else 502.
     """
@@ -150,6 +151,7 @@ class Marker:
     type: str
     value: str | None
     status: int
+    value_pointer: str | None = None  # where `value` was read, when not at `pointer`
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +374,7 @@ def _marker(holder: Object, prefix: str, key: str, kind: int, value: object) -> 
         return Marker(pointer, kind_name, str(value), value)
     code: str | None = None
     inside: str | None = None  # a message within the marker's own value
+    at: str | None = None  # where `code` is, below the marker
     if kind & _MESSAGE and not kind & _NAME:
         inside = value if isinstance(value, str) else None  # free text: never a value
     elif isinstance(value, str):
@@ -380,21 +383,24 @@ def _marker(holder: Object, prefix: str, key: str, kind: int, value: object) -> 
     elif type(value) is int:
         code = _code_text(value)
     elif isinstance(value, OBJECT_TYPES):
-        code, inside = _code_and_message(value)
+        code, inside, member = _code_and_message(value)
+        at = f"{pointer}/{escape_token(member)}" if member is not None else None
     elif isinstance(value, ARRAY_TYPES) and len(value) > 0:
         first = value[0]
         if isinstance(first, OBJECT_TYPES):
-            code, inside = _code_and_message(first)
+            code, inside, member = _code_and_message(first)
+            at = f"{pointer}/0/{escape_token(member)}" if member is not None else None
         else:
             code = _code_text(first)
             inside = first if isinstance(first, str) else None
+            at = f"{pointer}/0" if code is not None else None
     status = None
     for text in (inside, _message_beside(holder, key), code):
         if text:
             status = keyword_status(text)
             if status is not None:
                 break
-    return Marker(pointer, kind_name, code, status or FALLBACK_STATUS)
+    return Marker(pointer, kind_name, code, status or FALLBACK_STATUS, at)
 
 
 def _code_text(value: object) -> str | None:
@@ -407,10 +413,10 @@ def _code_text(value: object) -> str | None:
     return None
 
 
-def _code_and_message(obj: Object) -> tuple[str | None, str | None]:
-    """An object marker's code-like member and message, by rank; at most `MAX_MEMBERS`
-    members are read."""
-    code, code_rank = None, len(_CODE_MEMBERS)
+def _code_and_message(obj: Object) -> tuple[str | None, str | None, str | None]:
+    """An object marker's code-like member's value, its message, and the member's key,
+    by rank; at most `MAX_MEMBERS` members are read."""
+    code, code_rank, code_key = None, len(_CODE_MEMBERS), None
     message, message_rank = None, len(_MESSAGE_MEMBERS)
     for n, key in enumerate(obj):
         if n == MAX_MEMBERS:
@@ -420,13 +426,13 @@ def _code_and_message(obj: Object) -> tuple[str | None, str | None]:
         if rank is not None and rank < code_rank:
             text = _code_text(obj.get(key))
             if text is not None:
-                code, code_rank = text, rank
+                code, code_rank, code_key = text, rank, key
         rank = _MESSAGE_MEMBERS.get(name)
         if rank is not None and rank < message_rank:
             found = obj.get(key)
             if isinstance(found, str) and found:
                 message, message_rank = found, rank
-    return code, message
+    return code, message, code_key
 
 
 def _message_beside(holder: Object, marker_key: str) -> str | None:

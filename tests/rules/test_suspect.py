@@ -205,23 +205,27 @@ VALUES: list[tuple[object, Marker]] = [
     ({"status": "fail", "message": "Invalid API Key"}, Marker("/status", "string", "fail", 401)),
     ({"ok": False}, Marker("/ok", "boolean", None, 502)),
     ({"errors": True}, Marker("/errors", "boolean", None, 502)),
-    # an object marker: its code-like member (code, errcode, errorCode, faultcode, type)
+    # an object marker: its code-like member (code, errcode, errorCode, faultcode, type),
+    # and where it is (`value_pointer`: what a suggested rule's `status.from` reads)
     (
         {"fault": {"Code": "Throttling.User", "Message": "x"}},
-        Marker("/fault", "object", "Throttling.User", 429),
+        Marker("/fault", "object", "Throttling.User", 429, "/fault/Code"),
     ),
     (
         {"error": {"type": "card_error", "code": "card_declined"}},
-        Marker("/error", "object", "card_declined", 502),
+        Marker("/error", "object", "card_declined", 502, "/error/code"),
     ),
-    ({"error": {"type": "overloaded_error"}}, Marker("/error", "object", "overloaded_error", 503)),
+    (
+        {"error": {"type": "overloaded_error"}},
+        Marker("/error", "object", "overloaded_error", 503, "/error/type"),
+    ),
     ({"error": {"code": "has spaces in it"}}, Marker("/error", "object", None, 502)),
     # an array marker: its first element's
     (
         {"errors": [{"code": 89, "message": "Invalid or expired token."}]},
-        Marker("/errors", "array", "89", 401),
+        Marker("/errors", "array", "89", 401, "/errors/0/code"),
     ),
-    ({"errors": ["NOT_FOUND"]}, Marker("/errors", "array", "NOT_FOUND", 404)),
+    ({"errors": ["NOT_FOUND"]}, Marker("/errors", "array", "NOT_FOUND", 404, "/errors/0")),
     # a message marker's text is never a value, even when it looks like a code
     ({"errmsg": "s3cr3t-t0k3n"}, Marker("/errmsg", "string", None, 502)),
     # code-like: at most 64 characters of [A-Za-z0-9_.:-]

@@ -162,9 +162,7 @@ def _expected(asked: Callable[[int], int] = lambda i: 1 + i % TIMES) -> dict[str
             found.shape,
             {
                 "id": found.shape, "count": 0, "keys": list(found.keys),
-                "markers": [
-                    {"pointer": m.pointer, "type": m.type, "values": {}} for m in found.markers
-                ],
+                "markers": [_marker(m.pointer, m.type, m.value_pointer) for m in found.markers],
             },
         )  # fmt: skip
         shape["count"] += times
@@ -175,6 +173,16 @@ def _expected(asked: Callable[[int], int] = lambda i: 1 + i % TIMES) -> dict[str
                 )
                 seen["count"] += times
     return shapes
+
+
+def _marker(pointer: str, json_type: str, value_pointer: str | None) -> dict[str, Any]:
+    """A marker as /shapes lists it before its values: `value_pointer` only when the values
+    are read below the marker (an object's or array's member)."""
+    marker: dict[str, Any] = {"pointer": pointer, "type": json_type}
+    if value_pointer is not None:
+        marker["value_pointer"] = value_pointer
+    marker["values"] = {}
+    return marker
 
 
 async def test_both_corpora_through_a_real_proxy(
