@@ -7,11 +7,12 @@ import dataclasses
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from proxy import __version__
 from proxy.config.errors import ConfigError
-from proxy.config.load import load_default, load_file
+from proxy.config.load import load_default, load_file, parse_text
 from proxy.config.model import Config, Listen
 from proxy.observe.logs import Log
 
@@ -88,6 +89,26 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "body", nargs="?", metavar="BODY_FILE|-", help="the body as sent (- = stdin; none = empty)"
     )
+
+    suggest = sub.add_parser(
+        "suggest",
+        help="turn error shapes no rule matches into rules (action: flag) with tests",
+        description=(
+            "Turn the error shapes no rule matches (a running proxy's /shapes, a HAR "
+            "capture, or JSON body files) into YAML rules with embedded tests, merged into "
+            "--config or the embedded default. Exit 0: rules written; 1: nothing suspect "
+            "found; 2: bad usage or unreadable input."
+        ),
+    )
+    suggest.add_argument("--config", "-c", metavar="FILE", help="merge into this config")
+    suggest.add_argument(
+        "--route", metavar="NAME", help="only this route (body files: their route)"
+    )
+    source = suggest.add_mutually_exclusive_group()
+    source.add_argument("--admin", metavar="URL", help="a running proxy's admin listener")
+    source.add_argument("--har", metavar="FILE", help="a HAR capture (2xx JSON entries are read)")
+    suggest.add_argument("bodies", nargs="*", metavar="BODY_FILE", help="JSON bodies (- = stdin)")
+    suggest.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
     return parser
 
 
@@ -256,6 +277,73 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """Exit 0 with rules written, 1 when nothing suspect was found, 2 on bad usage or
+    unreadable input (SPEC 1)."""
+    from proxy.tools import suggest as sg
+    from proxy.tools import suggest_rules as rules
+
+    def fail(message: str) -> int:
+        print(f"tunnelguard suggest: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    given = sum(bool(x) for x in (args.admin, args.har, args.bodies))
+    if given != 1:
+        return fail("give exactly one source: --admin URL, --har FILE or BODY_FILE...")
+    try:
+        text = Path(args.config).read_text(encoding="utf-8") if args.config else sg.default_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(f"cannot read {args.config}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        config = load_file(args.config) if args.config else parse_text(text, "default.yaml")
+    except ConfigError as errors:
+        _report(errors)
+        return EXIT_USAGE
+    names = [route.name for route in config.routes]
+    if args.route is not None and args.route not in names:
+        return fail(f"unknown route {args.route!r}; routes: {', '.join(names)}")
+    try:
+        if args.admin:
+            snapshot, source = sg.fetch_shapes(args.admin), args.admin
+        elif args.har:
+            samples = [(args.route, s) for s in sg.read_har(args.har)]
+            snapshot, source = sg.catalogue_of(config, samples), args.har
+        else:
+            route = args.route or names[0]
+            samples = [(route, s) for s in sg.read_bodies(args.bodies)]
+            snapshot, source = sg.catalogue_of(config, samples), "body files"
+    except sg.SuggestError as exc:
+        return fail(str(exc))
+    routes = [args.route] if args.route else names
+    for other in sorted(set(snapshot["routes"]) - set(names)):
+        print(f"tunnelguard suggest: shapes of route {other!r} left out: no such route in "
+              f"{args.config or 'the embedded default'}", file=sys.stderr)  # fmt: skip
+    found = rules.suggestions(snapshot, routes, taken=[rule.name for rule in config.rules])
+    if not found:
+        print("tunnelguard suggest: nothing suspect found", file=sys.stderr)
+        return EXIT_FAILURE
+    out = rules.merged(text, found, source)
+    problems = rules.verify(out, args.output or "<suggested>")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return fail("the merged config does not pass `tunnelguard check`; nothing written")
+    if args.output:
+        try:
+            Path(args.output).write_text(out, encoding="utf-8")
+        except OSError as exc:
+            return fail(f"cannot write {args.output}: {exc.strerror or exc}")
+    else:
+        sys.stdout.write(out)
+    shapes = sum(len(s.shapes) for s in found)
+    where = f" written to {args.output}" if args.output else ""
+    print(
+        f"tunnelguard suggest: {len(found)} rule(s) from {shapes} shape(s){where}; they "
+        "flag (Tunnelguard-Status) until you set `action: rewrite`",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.tools.demo import run_demo
 
@@ -276,7 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args, argv)
-    commands = {"check": cmd_check, "demo": cmd_demo, "explain": cmd_explain}
+    commands = {
+        "check": cmd_check,
+        "demo": cmd_demo,
+        "explain": cmd_explain,
+        "suggest": cmd_suggest,
+    }
     return commands[args.command](args)
 
 

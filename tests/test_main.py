@@ -292,6 +292,35 @@ def test_expected_header_null_means_absent(tmp_path: Path) -> None:
     assert "header tunnelguard-rule: expected absent, got 'slack'" in check.stderr
 
 
+def test_a_flag_rules_tests_hold_before_and_after_the_switch_to_rewrite(tmp_path: Path) -> None:
+    """A rule's own `action: flag` (as `tunnelguard suggest` writes them): a test expecting
+    the status it stands for passes while it flags and after it rewrites; `expect.action`
+    still tells them apart, and a wrong status still fails."""
+    tests = (
+        "tests:\n  - name: stands for 401\n    route: r\n"
+        "    response: {body: {ok: false}}\n    expect: {status: 401, rule: mine}\n"
+        "  - name: says it flags\n    route: r\n"
+        "    response: {body: {ok: false}}\n    expect: {action: flag}\n"
+        "  - name: wrong status stays wrong\n    route: r\n"
+        "    response: {body: {ok: false}}\n    expect: {status: 500}\n"
+    )
+    base = (
+        "version: 1\nupstreams:\n  u: {url: http://127.0.0.1:1}\n"
+        "routes:\n  - {name: r, upstream: u, rules: [mine]}\n"
+    )
+    for action in ("flag", "rewrite"):
+        rule = (
+            "rules:\n  - {name: mine, when: {path: /ok, equals: false}, status: 401, "
+            f"action: {action}}}\n"
+        )
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(base + rule + tests)
+        check = subprocess.run([*PY, "check", str(cfg)], cwd=ROOT, capture_output=True, text=True)
+        assert "test 'stands for 401' failed" not in check.stderr, action
+        assert ("test 'says it flags' failed" in check.stderr) == (action == "rewrite")
+        assert "test 'wrong status stays wrong' failed" in check.stderr
+
+
 def test_shadow_mode_keeps_the_configs_own_tests_passing(tmp_path: Path) -> None:
     """Switching a tested config to `action: flag` (report-only rollout) must not make its
     own tests reject it: a flagged response meets the status it would have had."""

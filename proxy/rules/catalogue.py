@@ -128,6 +128,9 @@ def _shape_json(shape: _Shape) -> dict[str, Any]:
         "keys": list(shape.keys),
         "markers": [_marker_json(m) for m in shape.markers],
         "status": status,
+        # every status its responses implied, with how many: a message marker keeps no
+        # value, so this is what says its shape read as 429 here and 401 there
+        "statuses": {str(k): n for k, n in shape.statuses.items()},
     }
 
 
@@ -208,9 +211,13 @@ def _merge_shape(
                 for m in shape["markers"]
             ],
             "status": int(shape["status"]),
+            "statuses": {str(k): int(n) for k, n in (shape.get("statuses") or {}).items()},
         }
         best[(route, shape_id)] = count
         return
+    statuses = into["statuses"]
+    for key, n in (shape.get("statuses") or {}).items():
+        statuses[str(key)] = statuses.get(str(key), 0) + int(n)
     into["count"] += count
     into["first_seen"] = min(into["first_seen"], str(shape["first_seen"]))
     into["last_seen"] = max(into["last_seen"], str(shape["last_seen"]))

@@ -60,7 +60,7 @@ class Preset(Protocol):
 
 # Rows in the SPEC's order; the first row with a keyword in the message wins, so the order is
 # the contract ("Request timed out: service unavailable" is a 504, not a 503).
-_CLASSIFIER: Final[tuple[tuple[tuple[str, ...], int], ...]] = (
+KEYWORD_ROWS: Final[tuple[tuple[tuple[str, ...], int], ...]] = (
     (("timeout", "timed out", "deadline exceeded"), 504),
     (("unavailable", "overloaded", "busy", "maintenance", "try again later"), 503),
     (
@@ -102,7 +102,7 @@ def keyword_row(message: str) -> KeywordHit | None:
     reads "rate limited"); the first matching row wins.  None: no row matches.
     """
     text = message.lower().replace("_", " ").replace("-", " ")
-    for keywords, status in _CLASSIFIER:
+    for keywords, status in KEYWORD_ROWS:
         for keyword in keywords:
             if keyword in text:
                 return KeywordHit(keyword, keywords, status)

@@ -88,18 +88,19 @@ def run_test(test: RuleTest, config: Config, runtime: Runtime) -> TestOutcome:
     if test.route is not None:
         route = next(r for r in runtime.routes if r.name == test.route)
         rules, fallback = route.rules, route.fallback_retry_after
-        override = next(c.action for c in config.routes if c.name == route.name) or config.action
     else:
         rules = compile_ruleset(test.rules or (), config.rules, action=config.action)
-        fallback, override = 5, config.action
+        fallback = 5
     actual = simulate(rules, runtime, test.response, fallback_retry_after=fallback)
     expect = test.expect
     problems = []
-    # Shadow mode (an `action: flag` override) must not invalidate a config's own tests:
-    # there a flagged response also meets the status it would have had (Tunnelguard-Status),
-    # so the same tests pass before and after the switch to rewrite.
+    # Flagging (an `action: flag` override, shadow mode, or a rule's own `action: flag`, as
+    # `tunnelguard suggest` writes them) must not invalidate a config's own tests: a flagged
+    # response also meets the status it would have had (Tunnelguard-Status), so the same
+    # tests pass before and after the switch to rewrite.  `expect.action` still tells them
+    # apart.
     shadow = None
-    if override == "flag" and actual.action == "flag":
+    if actual.action == "flag":
         shadow = h.get(actual.headers, "tunnelguard-status")
     if (
         expect.status is not None

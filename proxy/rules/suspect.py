@@ -87,14 +87,14 @@ _NAMES: Final = frozenset(
 _MESSAGE_NAMES: Final = frozenset({"errmsg", "errormessage"})
 _FLAGS: Final = frozenset({"ok", "success", "succeeded"})
 _WORD_KEYS: Final = frozenset({"status", "stat", "state", "result"})
-_WORDS: Final = frozenset({"error", "fail", "failed", "failure"})
+FAILED_WORDS: Final = frozenset({"error", "fail", "failed", "failure"})
 _NUMERIC_KEYS: Final = frozenset({"status", "statuscode", "httpstatuscode", "httpstatus", "code"})
 # strings that say "no error" where an error marker's value goes
-_SUCCESS_TEXT: Final = frozenset(
+SUCCESS_TEXT: Final = frozenset(
     {"ok", "success", "succeeded", "successful", "none", "null", "false", "no error", "noerror"}
 )
 # codes that say "no error" beside a message marker
-_ZERO_CODES: Final = frozenset({"code", "errcode", "errorcode", "errno", "ret", "retcode"})
+ZERO_CODE_KEYS: Final = frozenset({"code", "errcode", "errorcode", "errno", "ret", "retcode"})
 
 # a name, as keys and code-like values are: what may be listed or stored
 _NAME_CHARS: Final = re.compile(r"[A-Za-z0-9_.:$@-]{1,64}")
@@ -252,18 +252,38 @@ def _scan_nested(
                 found.append((inner, key, name, kind, value))
 
 
+def marker_role(key: str, json_type: str) -> str:
+    """What makes `key` with a value of `json_type` a marker, as `_is_marker` tests it:
+    `name` (a value that is not empty, zero, false or a success word), `message` (the
+    same, and only alone in its object with no zero code beside it), `flag` (false),
+    `word` (one of `FAILED_WORDS`, any case), `numeric` (an integer 400-599), or "" when
+    it cannot be one.  For rules made from a shape (`tools.suggest_rules`)."""
+    kind = _kind_of(key)
+    if kind & _NAME:
+        return "name"
+    if kind & _MESSAGE:
+        return "message"
+    if kind & _FLAG and json_type == "boolean":
+        return "flag"
+    if kind & _WORD and json_type == "string":
+        return "word"
+    if kind & _NUMERIC and json_type == "number":
+        return "numeric"
+    return ""
+
+
 def _is_marker(kind: int, value: object) -> bool:
     if kind & (_NAME | _MESSAGE):
         if value is None or value is False or value is True:
             return value is True
         if isinstance(value, str):
-            return value != "0" and value != "" and value.lower() not in _SUCCESS_TEXT
+            return value != "0" and value != "" and value.lower() not in SUCCESS_TEXT
         if isinstance(value, int | float):
             return value != 0
         return len(value) > 0  # type: ignore[arg-type]  # an object or an array
     if kind & _FLAG and value is False:
         return True
-    if kind & _WORD and isinstance(value, str) and value.lower() in _WORDS:
+    if kind & _WORD and isinstance(value, str) and value.lower() in FAILED_WORDS:
         return True
     return bool(kind & _NUMERIC and type(value) is int and 400 <= value <= 599)
 
@@ -343,7 +363,7 @@ def _without_lone_messages(
 
 def _zero_code_beside(holder: Object) -> bool:
     for key in holder:
-        if _normalised(key) in _ZERO_CODES:
+        if _normalised(key) in ZERO_CODE_KEYS:
             value = holder.get(key)
             if value is None or value is False or value == 0 or value == "0" or value == "":
                 return True

@@ -47,6 +47,7 @@ def test_the_shapes_document_is_spec_10s() -> None:
                         }
                     ],
                     "status": 400,
+                    "statuses": {"400": 40, "429": 1},
                 }
             ]
         }

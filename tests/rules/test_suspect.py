@@ -437,7 +437,7 @@ def reference_markers(doc: object) -> list[str] | None:
                 value is None or value is False or value == "0" or value == ""
                 or (isinstance(value, int | float) and not isinstance(value, bool) and value == 0)
                 or (isinstance(value, list | dict) and not value)
-                or (isinstance(value, str) and value.lower() in sus._SUCCESS_TEXT)
+                or (isinstance(value, str) and value.lower() in sus.SUCCESS_TEXT)
             )  # fmt: skip
             return not empty, message and not named
         if n in {"ok", "success", "succeeded"} and value is False:
@@ -457,7 +457,7 @@ def reference_markers(doc: object) -> list[str] | None:
 
     def zero_code(obj: dict[str, object]) -> bool:
         return any(
-            norm(k) in sus._ZERO_CODES and (v is None or v is False or v == 0 or v in ("0", ""))
+            norm(k) in sus.ZERO_CODE_KEYS and (v is None or v is False or v == 0 or v in ("0", ""))
             for k, v in obj.items()
         )
 

@@ -210,8 +210,10 @@ async def test_both_corpora_through_a_real_proxy(
     listed = document["routes"]["default"]
     assert len(listed) == len(expected)  # the tunnelled shapes, and no clean one
     for shape in listed:
-        times = {k: shape.pop(k) for k in ("first_seen", "last_seen", "status")}
+        times = {k: shape.pop(k) for k in ("first_seen", "last_seen", "status", "statuses")}
         assert times["first_seen"] <= times["last_seen"] and times["first_seen"].endswith("Z")
+        assert sum(times["statuses"].values()) == shape["count"]  # each response's status
+        assert str(times["status"]) in times["statuses"]
         assert shape == expected[shape["id"]]
     assert _suspect_samples(metrics) == {
         ("default", shape_id): float(shape["count"]) for shape_id, shape in expected.items()
@@ -364,6 +366,7 @@ async def test_workers_catalogues_are_merged(
             samples = _suspect_samples(await r.text())
     for shape in listed:  # one entry per shape, whichever workers saw it, values summed
         del shape["first_seen"], shape["last_seen"], shape["status"]
+        assert sum(shape.pop("statuses").values()) == shape["count"]  # summed over workers
         assert shape == expected[shape["id"]]
     assert samples == {("default", k): float(v["count"]) for k, v in expected.items()}
     lines = await _lines_when(tmp_path / "proxy.out", rounds * len(TUNNELLED))
