@@ -93,6 +93,9 @@ class InspectConfig:
     max_decoded_bytes: int = 4 << 20
     content_types: tuple[str, ...] = ("application/json", "application/*+json")
     statuses: tuple[tuple[int, int], ...] = ((200, 299),)
+    # SPEC 5.1: an event stream is held until its first event, within both bounds
+    first_event_bytes: int = 16 << 10  # 0: event streams are not held (5.1 off)
+    first_event_timeout: float = 1.0
 
 
 MAX_SHAPES_LIMIT = 1000  # each shape is a metric series: `discover.max_shapes` stays below this

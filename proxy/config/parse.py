@@ -357,9 +357,15 @@ def _preset_options(w: Walker, value: object, path: Path) -> tuple[tuple[int, in
     return tuple(result)
 
 
+_INSPECT_KEYS = (
+    "max_body_bytes", "max_decoded_bytes", "content_types", "statuses", "first_event_bytes",
+    "first_event_timeout",
+)  # fmt: skip
+
+
 def _inspect(w: Walker, value: object, path: Path = ("inspect",)) -> InspectConfig:
     d = InspectConfig()
-    m = w.mapping(value, path, ("max_body_bytes", "max_decoded_bytes", "content_types", "statuses"))
+    m = w.mapping(value, path, _INSPECT_KEYS)
     if m is None:
         return d
     types = d.content_types
@@ -390,6 +396,10 @@ def _inspect(w: Walker, value: object, path: Path = ("inspect",)) -> InspectConf
         max_decoded_bytes=w.field(m, "max_decoded_bytes", path, w.size, d.max_decoded_bytes),
         content_types=types,
         statuses=statuses,
+        first_event_bytes=w.field(m, "first_event_bytes", path, w.size, d.first_event_bytes),
+        first_event_timeout=w.field(
+            m, "first_event_timeout", path, w.positive_duration, d.first_event_timeout
+        ),
     )
 
 

@@ -207,8 +207,8 @@ def test_defaults_when_keys_are_absent() -> None:
     assert route.jsonrpc_codes == ()
     # SPEC 4: inspect "these values are the defaults"; drain 0s / 30s (6.3)
     assert config.inspect == InspectConfig(
-        1 << 20, 4 << 20, ("application/json", "application/*+json"), ((200, 299),)
-    )
+        1 << 20, 4 << 20, ("application/json", "application/*+json"), ((200, 299),), 16 << 10, 1.0
+    )  # SPEC 5.1: a stream's first event held up to 16 KiB and 1 s
     assert config.drain == DrainConfig(0.0, 30.0)
     # SPEC 4.7
     assert config.server == ServerLimits(10.0, 75.0, 10000, 16 * 1024, 0)
@@ -304,6 +304,22 @@ def test_sizes_are_bytes(value: str, size: int) -> None:
 def test_inspect_statuses(value: str, statuses: tuple[tuple[int, int], ...]) -> None:
     config = parse_text(MINIMAL + f"inspect: {{statuses: {value}}}\n", FILE)
     assert config.inspect.statuses == statuses
+
+
+@pytest.mark.parametrize(
+    ("fragment", "size", "seconds"),
+    [
+        ("{first_event_bytes: 4KiB, first_event_timeout: 250ms}", 4096, 0.25),
+        ("{first_event_bytes: 0}", 0, 1.0),  # 0: SPEC 5.1 off
+        ("{first_event_timeout: 1m}", 16 << 10, 60.0),
+    ],
+)
+def test_first_event_bounds(fragment: str, size: int, seconds: float) -> None:
+    config = parse_text(MINIMAL + f"inspect: {fragment}\n", FILE)
+    assert (config.inspect.first_event_bytes, config.inspect.first_event_timeout) == (
+        size,
+        seconds,
+    )
 
 
 def test_content_types_are_lower_cased() -> None:
@@ -663,6 +679,19 @@ ERRORS = [
      "inspect.max_decoded_bytes", "expected a size like 64KiB or 1MiB, got '1.5MiB'"),
     ("size-negative", MINIMAL + "inspect: {max_body_bytes: -1}\n", 8, "-1",
      "inspect.max_body_bytes", "expected a size like 64KiB or 1MiB, got int -1"),
+    ("first-event-bytes-MB", MINIMAL + "inspect: {first_event_bytes: 16KB}\n", 8, "16KB",
+     "inspect.first_event_bytes",
+     "expected a size like 64KiB or 1MiB, got '16KB' (did you mean `16KiB`?)"),
+    ("first-event-bytes-negative", MINIMAL + "inspect: {first_event_bytes: -1}\n", 8, "-1",
+     "inspect.first_event_bytes", "expected a size like 64KiB or 1MiB, got int -1"),
+    ("first-event-timeout-zero", MINIMAL + "inspect: {first_event_timeout: 0s}\n", 8, "0s",
+     "inspect.first_event_timeout", "must be greater than 0"),
+    ("first-event-timeout-number", MINIMAL + "inspect: {first_event_timeout: 2}\n", 8, "2}",
+     "inspect.first_event_timeout",
+     "expected a duration like 250ms, 2s or 1m, got int 2 (did you mean `2s`?)"),
+    ("first-event-unknown-key", MINIMAL + "inspect: {first_event_byte: 1KiB}\n", 8,
+     "first_event_byte", "inspect.first_event_byte",
+     "unknown key `first_event_byte` (did you mean `first_event_bytes`?)"),
     ("status-range-order", MINIMAL + "inspect: {statuses: [200-199]}\n", 8, "200-199",
      "inspect.statuses[0]", "expected a status or a range like 200-299, got '200-199'"),
     ("media-type", MINIMAL + "inspect: {content_types: [json]}\n", 8, "json",

@@ -320,6 +320,7 @@ def test_every_closed_schema_object_is_a_parser_mapping() -> None:
         ("_ROUTE_KEYS", "/$defs/route"),
         ("_RULE_KEYS", "/$defs/rule"),
         ("_SERVER_KEYS", "/$defs/server"),
+        ("_INSPECT_KEYS", "/$defs/inspect"),
     ],
 )
 def test_named_key_sets_match_the_schema(constant: str, pointer: str) -> None:
