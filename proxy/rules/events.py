@@ -17,8 +17,12 @@ the data is parsed as JSON afterwards.  No third-party parser is used: the ones 
 (httpx-sse, sse-starlette's) decode text line by line and hold no byte bound; this one keeps
 at most `limit` bytes of state and reports where the event ended.
 
-The plain model is `reference_first_event` in tests/rules/test_events.py, which parses the
-whole stream at once; a Hypothesis property holds every split of a stream to it.
+`EventScanner` finds every later event the same way once the head was sent, holding at most
+about `limit` bytes of the event being assembled; an event that outgrows it is skipped.
+
+The plain models are `reference_first_event` and `reference_events` in
+tests/rules/test_events.py, which parse the whole stream at once; Hypothesis properties hold
+every split of a stream to them.
 """
 
 from __future__ import annotations
@@ -160,3 +164,131 @@ class FirstEvent:
         elif field == b"event":
             self._name = value
         return None  # id, retry and unknown fields do not change the event's data
+
+
+class EventScanner:
+    """Every event of a stream, fed in chunks in order: `feed` returns the events completed
+    by a chunk (`Event.end` is an offset in the whole stream, as for `FirstEvent`).
+
+    Memory is bounded by `limit`: what an event holds (its name, its data so far and the line
+    in progress) never grows past it.  An event that would is skipped: its state is dropped
+    and its lines are ignored up to the blank line that would have dispatched it (NDJSON: the
+    end of the line).  A skipped event costs nothing but the search for line ends."""
+
+    __slots__ = (
+        "_at", "_bom", "_buf", "_data", "_has_data", "_kind", "_limit", "_name",
+        "_skip_lf", "_skipping",
+    )  # fmt: skip
+
+    def __init__(self, kind: str, limit: int) -> None:
+        if kind not in (SSE, NDJSON):
+            raise ValueError(f"not an event stream kind: {kind!r}")
+        self._kind = kind
+        self._limit = limit
+        self._buf = b""  # the line in progress (one byte of it while skipping)
+        self._at = 0  # stream offset of `_buf`'s first byte
+        self._bom = True
+        self._skip_lf = False
+        self._name = b""
+        self._data = bytearray()
+        self._has_data = False
+        self._skipping = False  # inside an event that outgrew `limit`
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []
+        buf = self._buf + chunk if self._buf else chunk
+        pos = 0
+        if self._bom:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                self._buf = buf  # too short to tell yet
+                return []
+            self._bom = False
+            if buf.startswith(_BOM):
+                pos = len(_BOM)
+        if self._skip_lf:
+            self._skip_lf = False
+            if buf[pos : pos + 1] == b"\n":
+                pos += 1
+        events: list[Event] = []
+        at = self._at
+        size = len(buf)
+        while pos < size:
+            cr = buf.find(b"\r", pos)
+            lf = buf.find(b"\n", pos)
+            if cr < 0 and lf < 0:
+                break
+            end = lf if cr < 0 or (0 <= lf < cr) else cr
+            following = end + 1
+            if buf[end] == _CR:
+                if following < size:
+                    if buf[following] == _LF:
+                        following += 1
+                else:
+                    self._skip_lf = True
+            event = self._line(buf[pos:end], at + end + 1)
+            if event is not None:
+                events.append(event)
+            pos = following
+        rest = buf[pos:]
+        if rest and not self._skipping and self._held() + len(rest) > self._limit:
+            self._skip()
+        if self._skipping and len(rest) > 1:
+            # the line is not blank, which is all a skipped event needs to know of it
+            pos += len(rest) - 1
+            rest = rest[-1:]
+        self._buf = rest
+        self._at = at + pos
+        return events
+
+    @property
+    def holding(self) -> int:
+        """Bytes held now for the event being assembled (at most about `limit`)."""
+        return self._held() + len(self._buf)
+
+    def _held(self) -> int:
+        return len(self._name) + len(self._data)
+
+    def _skip(self) -> None:
+        self._skipping = True
+        self._name = b""
+        self._data = bytearray()
+        self._has_data = False
+
+    def _line(self, line: bytes, end: int) -> Event | None:
+        if self._kind == NDJSON:
+            if self._skipping:
+                self._skipping = False  # the end of the line that outgrew the bound
+                return None
+            if len(line) > self._limit or not line.strip():
+                return None
+            return Event("", line, end)
+        if not line:  # dispatch (WHATWG "If the line is empty")
+            if not self._has_data:  # nothing to dispatch, or the end of a skipped event
+                self._skipping = False
+                self._name = b""
+                return None
+            event = Event(
+                self._name.decode("utf-8", "replace") or "message", bytes(self._data[:-1]), end
+            )
+            self._name = b""
+            self._data = bytearray()
+            self._has_data = False
+            return event
+        if self._skipping:
+            return None
+        if self._held() + len(line) > self._limit:  # a comment too: its line was held
+            self._skip()
+            return None
+        if line[0] == 0x3A:  # ":" a comment
+            return None
+        field, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data += value
+            self._data.append(_LF)
+            self._has_data = True
+        elif field == b"event":
+            self._name = value
+        return None

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.rules.events import NDJSON, SSE, Event, FirstEvent
+from proxy.rules.events import NDJSON, SSE, Event, EventScanner, FirstEvent
 
 NO_LIMIT = 1 << 30
 
@@ -143,3 +143,115 @@ def test_any_split_of_any_stream_gives_the_reference_event(
         assert event is None
     else:
         assert event == expected
+
+
+# -- every later event: EventScanner -----------------------------------------------------------
+
+
+def reference_events(kind: str, stream: bytes, limit: int = NO_LIMIT) -> list[Event]:
+    """Every event of the whole stream, as `reference_first_event` reads the first, with the
+    bound of `EventScanner`: an event whose name, data so far and current line together
+    exceed `limit` is skipped up to its blank line (NDJSON: a line longer than `limit`)."""
+    offset = 3 if stream.startswith(b"\xef\xbb\xbf") else 0
+    events: list[Event] = []
+    name, data, has_data, skipping = b"", b"", False, False
+    for match in re.finditer(rb"([^\r\n]*)(\r\n|\r|\n)", stream[offset:]):
+        line = match.group(1)
+        end = offset + match.start(2) + 1
+        if kind == NDJSON:
+            if line.strip() and len(line) <= limit:
+                events.append(Event("", line, end))
+            continue
+        if not line:
+            if has_data and not skipping:
+                events.append(Event(name.decode("utf-8", "replace") or "message", data[:-1], end))
+            name, data, has_data, skipping = b"", b"", False, False
+            continue
+        if skipping:
+            continue
+        if len(name) + len(data) + len(line) > limit:
+            name, data, has_data, skipping = b"", b"", False, True
+            continue
+        if line.startswith(b":"):
+            continue
+        field, colon, value = line.partition(b":")
+        if colon and value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            data += value + b"\n"
+            has_data = True
+        elif field == b"event":
+            name = value
+    return events
+
+
+def scanned(kind: str, chunks: list[bytes], limit: int = NO_LIMIT) -> list[Event]:
+    scanner = EventScanner(kind, limit)
+    found: list[Event] = []
+    for chunk in chunks:
+        found += scanner.feed(chunk)
+        assert scanner.holding <= max(limit, 2)  # a BOM's first two bytes, or the bound
+    return found
+
+
+LATER_ERROR = (
+    b'event: message_start\ndata: {"type": "message_start"}\n\n'
+    b": ping\n\n"
+    b"event: content_block_delta\n"
+    b'data: {"type": "content_block_delta", "delta": {"text": "Hi"}}\n\n' + ANTHROPIC_OVERLOADED
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stream", "names"),
+    [
+        (SSE, LATER_ERROR, ["message_start", "content_block_delta", "error"]),
+        (SSE, OPENAI_RATE_LIMIT, ["message", "message"]),
+        (SSE, b"data: a\r\n\r\ndata: b\r\rdata: c\n\n", ["message", "message", "message"]),
+        (NDJSON, b'{"a": 1}\n\n{"b": 2}\r\n{"error": "quota"}\n', ["", "", ""]),
+    ],
+)
+def test_every_event_of_real_streams(kind: str, stream: bytes, names: list[str]) -> None:
+    expected = reference_events(kind, stream)
+    assert [e.name for e in expected] == names
+    assert expected[0] == reference_first_event(kind, stream)
+    for cut in range(len(stream) + 1):
+        assert scanned(kind, [stream[:cut], stream[cut:]]) == expected, cut
+    assert scanned(kind, [bytes([b]) for b in stream]) == expected
+
+
+def test_an_event_over_the_bound_is_skipped_and_the_next_one_found() -> None:
+    big = b"data: " + b"x" * 5000 + b"\n\n"
+    stream = b"data: 1\n\n" + big + b"event: error\ndata: 2\n\n"
+    for chunks in ([stream], [stream[i : i + 7] for i in range(0, len(stream), 7)]):
+        events = scanned(SSE, chunks, limit=100)
+        assert [(e.name, e.data) for e in events] == [("message", b"1"), ("error", b"2")]
+    lines = b'{"a": 1}\n' + b'{"pad": "' + b"y" * 5000 + b'"}\n{"b": 2}\n'
+    assert [e.data for e in scanned(NDJSON, [lines], limit=100)] == [b'{"a": 1}', b'{"b": 2}']
+
+
+def test_a_megabyte_event_in_small_chunks_holds_at_most_the_bound() -> None:
+    scanner = EventScanner(SSE, 1024)
+    peak = 0
+    scanner.feed(b"data: ")
+    for _ in range(16_384):  # 1 MiB of one data line, 64 bytes at a time
+        scanner.feed(b"z" * 64)
+        peak = max(peak, scanner.holding)
+    end = len(b"data: ") + 16_384 * 64 + len(b"\n\ndata: after\n\n")
+    assert scanner.feed(b"\n\ndata: after\n\n") == [Event("message", b"after", end)]
+    assert peak <= 1024
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from([SSE, NDJSON]),
+    stream=st.one_of(st.lists(_PIECES, max_size=30).map(b"".join), st.binary(max_size=200)),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    limit=st.one_of(st.just(NO_LIMIT), st.integers(min_value=0, max_value=120)),
+)
+def test_any_split_of_any_stream_gives_every_reference_event(
+    kind: str, stream: bytes, cuts: list[int], limit: int
+) -> None:
+    points = sorted({c for c in cuts if c <= len(stream)} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
+    assert scanned(kind, chunks, limit) == reference_events(kind, stream, limit)
