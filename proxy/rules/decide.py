@@ -1,5 +1,6 @@
 """`decide`: one complete buffered body judged, pure: decoded, parsed, evaluated by the
-route's rules, and the verdict applied (SPEC 4.3, 5).
+route's rules, and the verdict applied (SPEC 4.3, 5); `decide_event`: the first event of an
+event stream judged the same way (5.1).
 
 The handler, `tunnelguard check` (`ruletests.simulate`) and `tunnelguard explain` all judge
 a body through it, so what a rule test asserts is what a client gets.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.rules.inspection import InspectPolicy, examine
+from proxy.rules.events import Event
+from proxy.rules.inspection import Examined, InspectPolicy, examine
 from proxy.rules.ruleset import RuleSet
+from proxy.rules.streams import examine_event
 from proxy.rules.suspect import Suspect
 from proxy.rules.verdict import Delivery, Verdict, apply_verdict
 from proxy.wire import headers as h
@@ -44,6 +47,33 @@ def decide(
     are a `result`, not an error.  With `discover`, a clean body is also looked at for
     error markers (`suspect`, SPEC 10)."""
     examined = examine(rules, policy, raw, mtype, codings, discover)
+    return _applied(examined, status, headers, fallback_retry_after, trace_id)
+
+
+def decide_event(
+    rules: RuleSet,
+    status: int,
+    headers: h.Headers,
+    event: Event,
+    mtype: str,
+    *,
+    fallback_retry_after: int,
+    trace_id: str,
+) -> Decision:
+    """Judge the first event of an event stream (SPEC 5.1) as `decide` judges a body: the
+    delivery, when a rule (or the built-in `stream-error`) matched, is the stream's head
+    rewritten or flagged (4.3); with `body: keep` its bytes follow unchanged."""
+    examined = examine_event(rules, event, mtype)
+    return _applied(examined, status, headers, fallback_retry_after, trace_id)
+
+
+def _applied(
+    examined: Examined,
+    status: int,
+    headers: h.Headers,
+    fallback_retry_after: int,
+    trace_id: str,
+) -> Decision:
     verdict = examined.verdict
     if verdict is None:
         return Decision(examined.result, suspect=examined.suspect)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import brotli
 import orjson
 import zstandard
 
 from proxy.config.model import InspectConfig
+from proxy.rules.events import STREAM_TYPES
 from proxy.rules.ruleset import RuleSet
 from proxy.rules.suspect import Suspect, detect
 from proxy.rules.verdict import Verdict
@@ -73,6 +76,12 @@ def encodings(content_encoding: str | None) -> tuple[str, ...]:
     return tuple(e.strip().lower() for e in content_encoding.split(",") if e.strip())
 
 
+def compressed(codings: tuple[str, ...]) -> bool:
+    """A content coding other than `identity` was applied: an event stream so coded is not
+    held (SPEC 5.1)."""
+    return any(c != "identity" for c in codings)
+
+
 @dataclass(frozen=True, slots=True)
 class InspectPolicy:
     """`InspectConfig` compiled for the per-response decision."""
@@ -82,6 +91,11 @@ class InspectPolicy:
     exact_types: frozenset[str]
     wildcard_types: tuple[tuple[str, str], ...]  # (type, subtype suffix); suffix "" = any
     statuses: frozenset[int]
+    # SPEC 5.1: media type -> stream kind of the event streams held for their first event;
+    # empty when `first_event_bytes` is 0, so one dict lookup says "not held"
+    stream_types: Mapping[str, str]
+    first_event_bytes: int
+    first_event_timeout: float
 
     @classmethod
     def compile(cls, config: InspectConfig) -> InspectPolicy:
@@ -100,6 +114,9 @@ class InspectPolicy:
             frozenset(exact),
             tuple(wild),
             statuses,
+            MappingProxyType(dict(STREAM_TYPES) if config.first_event_bytes else {}),
+            config.first_event_bytes,
+            config.first_event_timeout,
         )
 
     def wants_status(self, method: str, status: int) -> bool:

@@ -257,9 +257,12 @@ Rule = UserRule | PresetRule
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """The rules of one route, in order; the first match wins."""
+    """The rules of one route, in order; the first match wins.  `action` is the override
+    the route imposes on every rule (None: each rule's own), kept for the built-in
+    `stream-error` rule (`streams.stream_error_verdict`)."""
 
     rules: tuple[Rule, ...]
+    action: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -330,4 +333,4 @@ def compile_ruleset(
             compiled.append(PresetRule(name, preset, action))
         else:
             raise ValueError(f"unknown rule or preset {name!r}")
-    return RuleSet(tuple(compiled))
+    return RuleSet(tuple(compiled), action)

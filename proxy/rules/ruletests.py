@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from proxy.config.model import Config, RuleTest, TestResponse
 from proxy.rules import inspection as ins
-from proxy.rules.decide import decide
+from proxy.rules.decide import Decision, decide, decide_event
 from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.rules.snapshot import Runtime, build
+from proxy.rules.streams import first_event_of
 from proxy.rules.verdict import with_retry_after
 from proxy.wire import headers as h
 from proxy.wire.tracecontext import new_trace_id
@@ -43,6 +44,10 @@ def simulate(
         return _passed(status, headers, None, fallback_retry_after)
     mtype = ins.media_type(h.get(response.headers, "content-type"))
     codings = ins.encodings(h.get(response.headers, "content-encoding"))
+    kind = policy.stream_types.get(mtype)
+    if kind is not None and 200 <= status < 300:  # an event stream (SPEC 5.1)
+        return _stream(rules, policy, kind, status, headers, response.body, mtype, codings,
+                       fallback_retry_after)  # fmt: skip
     reason = policy.skip_reason(mtype, codings, len(response.body))
     if reason is None and len(response.body) > policy.max_body_bytes:
         reason = ins.SKIPPED_SIZE
@@ -52,6 +57,38 @@ def simulate(
         rules, policy, status, headers, response.body, mtype, codings,
         fallback_retry_after=fallback_retry_after, trace_id=new_trace_id(),
     )  # fmt: skip
+    return _judged(decision, status, headers, fallback_retry_after)
+
+
+def _stream(
+    rules: RuleSet,
+    policy: ins.InspectPolicy,
+    kind: str,
+    status: int,
+    headers: h.Headers,
+    body: bytes,
+    mtype: str,
+    codings: tuple[str, ...],
+    fallback_retry_after: int,
+) -> Simulation:
+    """`body` is a whole event stream: its first event is judged as the proxy judges it once
+    held (a compressed stream is not held, and one without a first event within
+    `first_event_bytes` streams on unjudged)."""
+    if ins.compressed(codings):
+        return _passed(status, headers, ins.SKIPPED_ENCODING, fallback_retry_after)
+    event, result = first_event_of(body, kind, policy.first_event_bytes)
+    if event is None:
+        return _passed(status, headers, result, fallback_retry_after)
+    decision = decide_event(
+        rules, status, headers, event, mtype,
+        fallback_retry_after=fallback_retry_after, trace_id=new_trace_id(),
+    )  # fmt: skip
+    return _judged(decision, status, headers, fallback_retry_after)
+
+
+def _judged(
+    decision: Decision, status: int, headers: h.Headers, fallback_retry_after: int
+) -> Simulation:
     verdict, delivery = decision.verdict, decision.delivery
     if verdict is None or delivery is None:
         return _passed(status, headers, decision.result, fallback_retry_after)

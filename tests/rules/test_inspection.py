@@ -138,7 +138,16 @@ def test_compile_defaults() -> None:
         exact_types=frozenset({"application/json"}),
         wildcard_types=(("application", "+json"),),
         statuses=frozenset(range(200, 300)),
+        stream_types={  # SPEC 5.1: held for their first event, 16 KiB / 1 s at most
+            "text/event-stream": "sse",
+            "application/x-ndjson": "ndjson",
+            "application/jsonl": "ndjson",
+        },
+        first_event_bytes=16 << 10,
+        first_event_timeout=1.0,
     )
+    off = InspectPolicy.compile(InspectConfig(first_event_bytes=0))
+    assert off.stream_types == {}  # 5.1 off: no media type is held as a stream
 
 
 @pytest.mark.parametrize(
