@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from proxy.downstream.request import Request
 from proxy.rules.snapshot import Route, Runtime
+from proxy.rules.streams import StreamWatch
 from proxy.rules.verdict import Delivery, Verdict
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import Failure
@@ -30,6 +31,16 @@ class Outcome:
     upstream_seconds: float | None = None
     attempts: int = 0
     suspect: str | None = None  # the shape id of a suspect body (SPEC 10)
+    stream_error: Verdict | None = None  # the first error found in a stream after its head
+
+    def found_in_stream(self, verdict: Verdict) -> None:
+        """An error event after the stream's head was sent (SPEC 5.1): nothing delivered
+        changes, but the first one is what the response truly was, unless a rule had
+        already judged it (its verdict stands)."""
+        if self.stream_error is None:
+            self.stream_error = verdict
+            if self.verdict is None:
+                self.true_status = verdict.status
 
     def answered_by_proxy(self, status: int) -> None:
         """tunnelguard answered itself (no route, a refusal, the failure table, 499)."""
@@ -65,7 +76,8 @@ class Plan:
     """One attempt's result, decided but not yet delivered.
 
     `failure` set: no usable response.  Otherwise `resp` is the upstream response;
-    `raw` is its complete buffered body (None: stream it, after `already`)."""
+    `raw` is its complete buffered body (None: stream it, after `already`, with `delivery`'s
+    status and headers when the first event of an event stream was judged)."""
 
     failure: Failure | None = None
     resp: Response | None = None
@@ -75,6 +87,7 @@ class Plan:
     verdict: Verdict | None = None
     delivery: Delivery | None = None
     suspect: str | None = None  # the shape id, when the clean body is suspect (SPEC 10)
+    watch: StreamWatch | None = None  # an event stream's later events, judged as relayed
 
     @property
     def true_status(self) -> int:

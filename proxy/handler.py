@@ -27,8 +27,10 @@ from proxy.observe.metrics import UNMATCHED_ROUTE, Metrics
 from proxy.observe.record import Recorder, RequestEnded
 from proxy.rules import inspection as ins
 from proxy.rules.catalogue import ShapeCatalogue
-from proxy.rules.decide import decide
+from proxy.rules.decide import Decision, decide, decide_event
+from proxy.rules.events import FirstEvent
 from proxy.rules.snapshot import Route, Runtime
+from proxy.rules.streams import StreamWatch, unjudged_result
 from proxy.rules.suspect import Suspect
 from proxy.rules.verdict import Delivery
 from proxy.upstream.connection import Response
@@ -376,6 +378,9 @@ class Proxy:
             return plan
         mtype = ins.media_type(resp.header(b"content-type"))
         codings = ins.encodings(resp.header(b"content-encoding"))
+        kind = policy.stream_types.get(mtype)
+        if kind is not None and 200 <= resp.status < 300:  # an event stream (SPEC 5.1)
+            return await self._hold_stream(call, plan, resp, kind, mtype, codings)
         reason = policy.skip_reason(mtype, codings, resp.content_length)
         if reason is not None:
             self._metrics.count_inspection(route.name, reason)
@@ -396,6 +401,52 @@ class Proxy:
             discover=route.discover.enabled and 200 <= resp.status < 300,
         )  # fmt: skip
         self._metrics.count_inspection(route.name, decision.result)
+        self._judged(route, plan, decision)
+        return plan
+
+    async def _hold_stream(
+        self,
+        call: Call,
+        plan: Plan,
+        resp: Response,
+        kind: str,
+        mtype: str,
+        codings: tuple[str, ...],
+    ) -> Plan:
+        """Hold an event stream until its first event (within `first_event_bytes` and
+        `first_event_timeout`), judge that event like a body, and arrange for its later
+        events to be judged as they are relayed (SPEC 5.1).  A compressed stream is not
+        held."""
+        route, policy = call.route, call.runtime.inspect
+        if ins.compressed(codings):
+            self._metrics.count_inspection(route.name, ins.SKIPPED_ENCODING)
+            return plan
+        finder = FirstEvent(kind, policy.first_event_bytes)
+        try:
+            plan.already = await writers.hold_first_event(resp, finder, policy.first_event_timeout)
+        except UpstreamFailure as failed:  # nothing sent yet: answer from the table
+            release(resp)
+            return Plan(failure=failed.failure)
+        event = finder.event
+        watch_from = 0  # every event is a later one when the first was not judged
+        if event is None:
+            result = unjudged_result(finder.exhausted, resp.is_eof())
+        else:
+            decision = decide_event(
+                route.rules, resp.status, plan.headers, event, mtype,
+                fallback_retry_after=route.fallback_retry_after, trace_id=call.trace_id,
+            )  # fmt: skip
+            result, watch_from = decision.result, event.end
+            self._judged(route, plan, decision)
+        self._metrics.count_inspection(route.name, result)
+        if plan.delivery is not None and plan.delivery.body is not None:
+            plan.raw = b""  # `body: problem` replaces the stream: nothing more is relayed
+        else:  # later events may have come with the first (a whole stream in one read)
+            plan.watch = StreamWatch(route.rules, kind, mtype, policy.first_event_bytes, watch_from)
+        return plan
+
+    def _judged(self, route: Route, plan: Plan, decision: Decision) -> None:
+        """A body's or a first event's verdict, counted and kept for delivery."""
         verdict = decision.verdict
         if verdict is not None:
             self._metrics.count_tunnelled(route.name, verdict.rule, verdict.action, verdict.status)
@@ -403,7 +454,6 @@ class Proxy:
             plan.delivery = decision.delivery
         elif decision.suspect is not None:
             plan.suspect = self._catalogued(route, decision.suspect)
-        return plan
 
     def _catalogued(self, route: Route, suspect: Suspect) -> str:
         """A suspect body (SPEC 10): catalogued and counted; nothing about it changes."""
@@ -424,16 +474,6 @@ class Proxy:
         resp = plan.resp
         outcome.code = outcome.true_status = resp.status
         fallback = route.fallback_retry_after
-        if plan.raw is None:
-            out = call.request.out
-            assert out is not None  # set by the connection for every request it handles
-            response, broke = await writers.relay(
-                out, resp, plan.headers, plan.already, fallback, self.closing
-            )
-            if broke is not None:  # after the head: the client connection was aborted
-                self._metrics.upstream_failures.labels(route.upstream.name, broke.kind).inc()
-                outcome.failure = broke
-            return response
         delivery = plan.delivery or Delivery(resp.status, plan.headers, None)
         if plan.verdict is not None:
             outcome.judged(plan.verdict, delivery.status)
@@ -441,7 +481,31 @@ class Proxy:
             outcome.suspect = plan.suspect
             if route.discover.header:
                 delivery.headers.append(("Tunnelguard-Suspect", plan.suspect))
-        return writers.buffered(delivery, plan.raw, fallback, self.closing)
+        if plan.raw is not None:
+            return writers.buffered(delivery, plan.raw, fallback, self.closing)
+        out = call.request.out
+        assert out is not None  # set by the connection for every request it handles
+        watch = None if plan.watch is None else self._stream_watcher(call, plan.watch)
+        response, broke = await writers.relay(
+            out, resp, delivery, plan.already, fallback, self.closing, watch
+        )
+        if broke is not None:  # after the head: the client connection was aborted
+            self._metrics.upstream_failures.labels(route.upstream.name, broke.kind).inc()
+            outcome.failure = broke
+        return response
+
+    def _stream_watcher(self, call: Call, watch: StreamWatch) -> Callable[[bytes], None]:
+        """Judge a relayed stream's later events: each error is counted, and the first
+        becomes the request's true status (SPEC 5.1); nothing sent changes."""
+        route, outcome = call.route.name, call.outcome
+        count = self._metrics.count_stream_error
+
+        def seen(chunk: bytes) -> None:
+            for verdict in watch.feed(chunk):
+                count(route, verdict.rule)
+                outcome.found_in_stream(verdict)
+
+        return seen
 
     def _failure(
         self,
@@ -481,6 +545,7 @@ class Proxy:
         code = outcome.code or 500
         verdict = outcome.verdict
         failure = outcome.failure
+        found = verdict or outcome.stream_error  # a stream's later error: its rule, no action
         self._recorder.ended(
             RequestEnded(
                 route=route,
@@ -491,7 +556,7 @@ class Proxy:
                 source=outcome.source,
                 total_seconds=time.perf_counter() - started,
                 trace_id=trace_id,
-                rule=verdict.rule if verdict else None,
+                rule=found.rule if found else None,
                 action=verdict.action if verdict else None,
                 upstream_seconds=outcome.upstream_seconds,
                 failure=failure.kind if failure else None,

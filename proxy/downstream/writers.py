@@ -15,10 +15,13 @@ the framing the connection chose.  Header text is written as UTF-8, which round-
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
+from collections.abc import Callable
 from typing import Protocol
 
+from proxy.rules.events import FirstEvent
 from proxy.rules.verdict import Delivery, with_retry_after
 from proxy.upstream.connection import Response
 from proxy.upstream.failures import Failure, UpstreamFailure
@@ -141,25 +144,34 @@ def buffered(delivery: Delivery, raw: bytes, retry_after: int, closing: bool) ->
 async def relay(
     out: Output,
     resp: Response,
-    headers: h.Headers,
+    delivery: Delivery,
     already: list[bytes],
     retry_after: int,
     closing: bool,
+    watch: Callable[[bytes], None] | None = None,
 ) -> tuple[Answer, Failure | None]:
-    """Relay the upstream body as it arrives, after any `already` buffered chunks; the
-    connection completes it after the handler returned.
+    """Relay the upstream body as it arrives, after any `already` buffered chunks, with
+    `delivery`'s status and headers (the upstream's, or a judged event stream's rewritten
+    or flagged head); the connection completes it after the handler returned.  `watch`
+    sees every chunk once it was sent (an event stream's later events, SPEC 5.1).
 
     A failure after the head was sent aborts the client connection: a truncated body
     must never look like a complete one (SPEC 6.1, last row).  The failure is returned
     for counting."""
-    headers = with_retry_after(resp.status, headers, retry_after)
-    answer = Answer(resp.status, headers, None, reason=resp.reason, closing=closing)
-    out.start(resp.status, resp.reason, headers, resp.content_length, closing)
+    status = delivery.status
+    reason = resp.reason if status == resp.status else None
+    headers = with_retry_after(status, delivery.headers, retry_after)
+    answer = Answer(status, headers, None, reason=reason, closing=closing)
+    out.start(status, reason, headers, resp.content_length, closing)
     try:
         for chunk in already:
             await out.send(chunk)
+            if watch is not None:
+                watch(chunk)
         async for chunk in iter_body(resp):
             await out.send(chunk)
+            if watch is not None:
+                watch(chunk)
     except UpstreamFailure as failed:
         out.abort()
         return answer, failed.failure
@@ -182,3 +194,20 @@ async def read_bounded(resp: Response, limit: int) -> tuple[list[bytes], bool]:
         if size > limit:
             return chunks, False
     return chunks, True
+
+
+async def hold_first_event(resp: Response, finder: FirstEvent, seconds: float) -> list[bytes]:
+    """Read an event stream until `finder` has its first event (`finder.event`) or gives
+    up at its byte bound (`finder.exhausted`), the stream ends, or `seconds` pass (SPEC 5.1);
+    the chunks read, in order, none lost: what was not read yet stays in `resp`.  Raises
+    UpstreamFailure when the stream breaks first (nothing was sent yet)."""
+    chunks: list[bytes] = []
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in iter_body(resp):
+                chunks.append(chunk)
+                if finder.feed(chunk) is not None or finder.exhausted:
+                    break
+    except TimeoutError:
+        pass  # the first event is late: the stream goes on unjudged
+    return chunks

@@ -5,9 +5,9 @@ outside the standard set are `other`, statuses are numbers.  Children are create
 once and cached, because `.labels()` takes a lock and does a lookup per call.
 
 The per-request samples (`count_request`, `observe_upstream`, `count_inspection`,
-`count_tunnelled`) are batched: a request only adds to plain dicts, and `flush()` moves
-the sums into the Prometheus children, one `inc(n)` per series and one per histogram
-bucket.  Every read of the registry flushes first (`_FlushFirst`), so /metrics and
+`count_tunnelled`, `count_stream_error`) are batched: a request only adds to plain dicts,
+and `flush()` moves the sums into the Prometheus children, one `inc(n)` per series and one
+per histogram bucket.  Every read of the registry flushes first (`_FlushFirst`), so /metrics and
 tests see every request answered so far, and a timer flushes FLUSH_DELAY after a
 request.
 
@@ -108,6 +108,12 @@ class Metrics:
             ("route", "result"),
             registry=r,
         )
+        self.stream_errors = Counter(
+            PREFIX + "stream_errors_total",
+            "Errors found in event streams after their head was sent, by rule.",
+            ("route", "rule"),
+            registry=r,
+        )
         self.upstream_failures = Counter(
             PREFIX + "upstream_failures_total",
             "Upstream attempts that failed, by kind.",
@@ -165,6 +171,7 @@ class Metrics:
         self._tunnelled: dict[tuple[str, str, str, int], Counter] = {}
         # bounded by the catalogue: per route at most discover.max_shapes ids and `other`
         self._suspects: dict[tuple[str, str], Counter] = {}
+        self._stream_errors: dict[tuple[str, str], Counter] = {}
 
     def declare_upstream(
         self, upstream: str, kinds: tuple[str, ...], reasons: tuple[str, ...]
@@ -229,6 +236,14 @@ class Metrics:
         child = self._suspects.get(key)
         if child is None:
             child = self._suspects[key] = self.suspect_responses.labels(route, shape)
+        self._count(child)
+
+    def count_stream_error(self, route: str, rule: str) -> None:
+        """An error event found in a stream whose head was sent (SPEC 5.1)."""
+        key = (route, rule)
+        child = self._stream_errors.get(key)
+        if child is None:
+            child = self._stream_errors[key] = self.stream_errors.labels(route, rule)
         self._count(child)
 
     # -- batching --------------------------------------------------------------------------

@@ -80,15 +80,22 @@ def stream_error_verdict(rules: RuleSet, doc: object, data: bytes) -> Verdict:
     )
 
 
+def unjudged_result(exhausted: bool, ended: bool) -> str:
+    """The inspections_total result of a stream held without a first event: `clean` when it
+    ended first (nothing to judge, as an empty body), else `skipped_size`: a bound of the
+    hold was reached, `first_event_bytes` (`exhausted`) or `first_event_timeout`."""
+    return CLEAN if ended and not exhausted else SKIPPED_SIZE
+
+
 def first_event_of(body: bytes, kind: str, limit: int) -> tuple[Event | None, str]:
-    """The first event of a whole stream body within `limit` bytes, or (None, the
-    inspections_total result of a stream without one: `skipped_size` when the bound was
-    reached, `clean` when the stream ended first)."""
+    """The first event of a whole stream body within `limit` bytes, or None and the
+    inspections_total result of a stream without one (`unjudged_result`); MATCHED stands
+    for "judge the event"."""
     finder = FirstEvent(kind, limit)
     event = finder.feed(body)
     if event is not None:
         return event, MATCHED
-    return None, SKIPPED_SIZE if finder.exhausted else CLEAN
+    return None, unjudged_result(finder.exhausted, ended=True)
 
 
 class StreamWatch:

@@ -107,3 +107,12 @@ def test_suspect_responses_are_counted_by_route_and_shape() -> None:
     name = "tunnelguard_suspect_responses_total"
     assert value(name, {"route": "default", "shape": "s-3f9a1c2e"}) == 2
     assert value(name, {"route": "default", "shape": "other"}) == 1
+
+
+def test_stream_errors_are_counted_by_route_and_rule() -> None:
+    metrics = Metrics()
+    for rule in ("stream-error", "error-envelope", "stream-error"):
+        metrics.count_stream_error("llm", rule)
+    text = generate_latest(metrics.registry).decode()
+    assert 'tunnelguard_stream_errors_total{route="llm",rule="stream-error"} 2.0' in text
+    assert 'tunnelguard_stream_errors_total{route="llm",rule="error-envelope"} 1.0' in text
