@@ -166,10 +166,22 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TestEvent:
+    """One event of a rule test's stream body (`response.events`): SSE `event` name (None:
+    none), and the data as text (a JSON value encoded, or a string as it stands)."""
+
+    __test__ = False  # not a test case, for pytest, whatever its name says
+
+    name: str | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TestResponse:
     status: int = 200
     headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
     body: bytes = b""
+    events: tuple[TestEvent, ...] = ()  # a stream body, written out by `rules.ruletests`
 
 
 @dataclass(frozen=True, slots=True)

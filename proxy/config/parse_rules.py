@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import re2
 
@@ -17,6 +19,7 @@ from proxy.config.model import (
     RuleTest,
     StatusRange,
     StatusSpec,
+    TestEvent,
     TestExpect,
     TestResponse,
     When,
@@ -241,28 +244,62 @@ def _headers(w: Walker, value: object, path: Path) -> tuple[tuple[str, str], ...
 
 
 def _test_response(w: Walker, value: object, path: Path) -> TestResponse | None:
-    m = w.mapping(value, path, ("status", "headers", "body"))
+    m = w.mapping(value, path, ("status", "headers", "body", "events"))
     if m is None:
         return None
     d = TestResponse()
     status = w.field(m, "status", path, lambda v, p: w.http_status(v, p, False), d.status)
+    events: tuple[TestEvent, ...] = ()
+    if "events" in m:
+        if "body" in m:
+            w.error((*path, "events"), "give `body` or `events`, not both", at_key=True)
+            return None
+        events = _test_events(w, m["events"], (*path, "events"))
     headers = d.headers
     if "headers" in m:
         headers = _headers(w, m["headers"], (*path, "headers"))
         if not any(name == "content-type" for name, _ in headers):
-            headers = (*d.headers, *headers)  # JSON unless the test says otherwise
-    body = m.get("body")
-    if "body" not in m:
-        raw = d.body
-    elif isinstance(body, str):
-        raw = body.encode()  # a string is the body's exact text (JSON or not)
-    else:
-        try:
-            raw = orjson.dumps(body)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            w.error((*path, "body"), f"cannot encode as JSON: {exc}")
-            return None
-    return TestResponse(status, headers, raw)
+            # JSON unless the test says otherwise; events are an event stream
+            headers = (*(_EVENT_STREAM if "events" in m else d.headers), *headers)
+    elif "events" in m:
+        headers = _EVENT_STREAM
+    raw = d.body if "body" not in m else _json_text(w, m["body"], (*path, "body"))
+    if raw is None:
+        return None
+    return TestResponse(status, headers, raw, events)
+
+
+_EVENT_STREAM = (("content-type", "text/event-stream"),)
+_EVENT_NAME = re.compile(r"[^\r\n]*")
+
+
+def _json_text(w: Walker, value: object, path: Path) -> bytes | None:
+    """A string is the exact text (JSON or not); anything else is encoded as JSON."""
+    if isinstance(value, str):
+        return value.encode()
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        w.error(path, f"cannot encode as JSON: {exc}")
+        return None
+
+
+def _test_events(w: Walker, value: object, path: Path) -> tuple[TestEvent, ...]:
+    """`events: [{event: error, data: {...}}, {data: ...}]`: a stream body, one event each."""
+    events = []
+    for i, item in enumerate(w.sequence(value, path) or []):
+        at = (*path, i)
+        m = w.mapping(item, at, ("event", "data"), ("data",))
+        if m is None or "data" not in m:
+            continue
+        name = m.get("event")
+        if name is not None and (not isinstance(name, str) or not _EVENT_NAME.fullmatch(name)):
+            w.error((*at, "event"), f"expected an event name on one line, got {describe(name)}")
+            continue
+        data = _json_text(w, m["data"], (*at, "data"))
+        if data is not None:
+            events.append(TestEvent(name, data))
+    return tuple(events)
 
 
 def _test_expect(w: Walker, value: object, path: Path) -> TestExpect | None:

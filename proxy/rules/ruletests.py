@@ -10,7 +10,7 @@ from proxy.rules import inspection as ins
 from proxy.rules.decide import Decision, decide, decide_event
 from proxy.rules.ruleset import RuleSet, compile_ruleset
 from proxy.rules.snapshot import Runtime, build
-from proxy.rules.streams import first_event_of
+from proxy.rules.streams import first_event_of, stream_text
 from proxy.rules.verdict import with_retry_after
 from proxy.wire import headers as h
 from proxy.wire.tracecontext import new_trace_id
@@ -44,17 +44,18 @@ def simulate(
         return _passed(status, headers, None, fallback_retry_after)
     mtype = ins.media_type(h.get(response.headers, "content-type"))
     codings = ins.encodings(h.get(response.headers, "content-encoding"))
+    body = stream_text(mtype, response.events) if response.events else response.body
     kind = policy.stream_types.get(mtype)
     if kind is not None and 200 <= status < 300:  # an event stream (SPEC 5.1)
-        return _stream(rules, policy, kind, status, headers, response.body, mtype, codings,
+        return _stream(rules, policy, kind, status, headers, body, mtype, codings,
                        fallback_retry_after)  # fmt: skip
-    reason = policy.skip_reason(mtype, codings, len(response.body))
-    if reason is None and len(response.body) > policy.max_body_bytes:
+    reason = policy.skip_reason(mtype, codings, len(body))
+    if reason is None and len(body) > policy.max_body_bytes:
         reason = ins.SKIPPED_SIZE
     if reason is not None:
         return _passed(status, headers, reason, fallback_retry_after)
     decision = decide(
-        rules, policy, status, headers, response.body, mtype, codings,
+        rules, policy, status, headers, body, mtype, codings,
         fallback_retry_after=fallback_retry_after, trace_id=new_trace_id(),
     )  # fmt: skip
     return _judged(decision, status, headers, fallback_retry_after)

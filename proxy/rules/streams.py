@@ -15,7 +15,10 @@ The handler holds the first event (`events.FirstEvent`) and judges it with
 
 from __future__ import annotations
 
-from proxy.rules.events import Event, EventScanner, FirstEvent
+from collections.abc import Iterable
+
+from proxy.config.model import TestEvent
+from proxy.rules.events import NDJSON, STREAM_TYPES, Event, EventScanner, FirstEvent
 from proxy.rules.inspection import (
     CLEAN,
     INVALID_JSON,
@@ -96,6 +99,21 @@ def first_event_of(body: bytes, kind: str, limit: int) -> tuple[Event | None, st
     if event is not None:
         return event, MATCHED
     return None, unjudged_result(finder.exhausted, ended=True)
+
+
+def stream_text(mtype: str, events: Iterable[TestEvent]) -> bytes:
+    """A rule test's `response.events` written out as the stream its media type is: NDJSON,
+    one line per event (an SSE event name does not apply); else SSE, an `event:` line when
+    named, one `data:` line per line of the data, and the blank line that dispatches it."""
+    if STREAM_TYPES.get(mtype) == NDJSON:
+        return b"".join(e.data + b"\n" for e in events)
+    out = []
+    for e in events:
+        if e.name is not None:
+            out.append(b"event: " + e.name.encode() + b"\n")
+        out.extend(b"data: " + line + b"\n" for line in e.data.splitlines() or [b""])
+        out.append(b"\n")
+    return b"".join(out)
 
 
 class StreamWatch:

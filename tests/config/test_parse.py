@@ -32,6 +32,7 @@ from proxy.config.model import (
     ServerLimits,
     StatusRange,
     StatusSpec,
+    TestEvent,
     Timeouts,
 )
 from proxy.rules.ruletests import run_tests
@@ -419,6 +420,54 @@ def test_test_response_bodies(response: str, body: bytes) -> None:
     text = MINIMAL + f"tests:\n  - {{name: t, route: main, response: {response}, expect: {{}}}}\n"
     (test,) = parse_text(text, FILE).tests
     assert test.response.body == body
+
+
+def test_test_response_events_are_a_stream_body() -> None:
+    text = MINIMAL + doc("""
+        tests:
+          - name: sse
+            route: main
+            response:
+              events:
+                - {event: error, data: {type: error}}
+                - {data: "[DONE]"}
+            expect: {}
+          - name: ndjson
+            route: main
+            response:
+              headers: {content-type: application/x-ndjson}
+              events: [{data: {error: quota}}]
+            expect: {}
+        """)
+    sse, ndjson = parse_text(text, FILE).tests
+    assert sse.response.headers == (("content-type", "text/event-stream"),)
+    assert sse.response.events == (
+        TestEvent("error", b'{"type":"error"}'),
+        TestEvent(None, b"[DONE]"),
+    )
+    assert ndjson.response.headers == (("content-type", "application/x-ndjson"),)
+    assert ndjson.response.events == (TestEvent(None, b'{"error":"quota"}'),)
+
+
+@pytest.mark.parametrize(
+    ("response", "path", "message"),
+    [
+        ("{body: x, events: []}", "tests[0].response.events", "give `body` or `events`"),
+        ("{events: [{event: error}]}", "tests[0].response.events[0]", "missing required key"),
+        ("{events: [{event: [1], data: x}]}", "tests[0].response.events[0].event",
+         "expected an event name on one line"),
+        ("{events: [{event: \"a\\nb\", data: x}]}", "tests[0].response.events[0].event",
+         "expected an event name on one line"),
+        ("{events: [{data: x, id: 1}]}", "tests[0].response.events[0].id", "unknown key"),
+        ("{events: {data: x}}", "tests[0].response.events", "expected a list"),
+    ],
+)  # fmt: skip
+def test_bad_test_events_are_config_errors(response: str, path: str, message: str) -> None:
+    text = MINIMAL + f"tests:\n  - {{name: t, route: main, response: {response}, expect: {{}}}}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text, FILE)
+    (problem,) = caught.value.problems
+    assert problem.path == path and message in problem.message
 
 
 def test_expect_rule_null_means_no_rule() -> None:

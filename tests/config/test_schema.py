@@ -184,6 +184,7 @@ SITES = {
     ("_status", "at"): "/$defs/statusRange",
     ("parse_tests", "at"): "/$defs/test",
     ("_test_response", "path"): "/$defs/testResponse",
+    ("_test_events", "at"): "/$defs/testEvent",
     ("_test_expect", "path"): "/$defs/testExpect",
 }
 # Mappings whose keys are data (any key is accepted, values are checked).
@@ -668,6 +669,8 @@ INVALID = {
     "expect status 600": _edit("expect: {status: 502}", "expect: {status: 600}"),
     "response status 99": _edit("response: {body:", "response: {status: 99, body:"),
     "unknown response key": _edit("response: {body:", "response: {code: 200, body:"),
+    "response with body and events": _edit("response: {body:", "response: {events: [], body:"),
+    "event without data": _edit("response: {body:", "response: {events: [{event: error}], body:"),
 }
 
 

@@ -34,6 +34,7 @@ API_EXAMPLES = {
     "flickr",
     "mediawiki",
     "elasticsearch-bulk",
+    "llm-streams",  # SPEC 5.1: streaming LLM APIs' error events (issue 19)
 }
 MIN_TESTS = 4
 

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.config.model import TestEvent
 from proxy.rules import inspection as ins
 from proxy.rules.decide import decide_event
 from proxy.rules.events import NDJSON, SSE, Event
 from proxy.rules.ruleset import compile_ruleset
-from proxy.rules.streams import STREAM_ERROR, StreamWatch, examine_event, first_event_of
+from proxy.rules.streams import (
+    STREAM_ERROR,
+    StreamWatch,
+    examine_event,
+    first_event_of,
+    stream_text,
+)
 from proxy.wire import headers as h
 
 DEFAULT = compile_ruleset(["graphql", "jsonrpc", "slack", "error-envelope"], [])
@@ -140,3 +147,12 @@ def test_the_watch_skips_an_event_over_the_bound() -> None:
     ndjson = StreamWatch(DEFAULT, NDJSON, "application/x-ndjson", 100, 0)
     found = ndjson.feed(b'{"ok": true}\n{"error": "quota"}\n')
     assert [(v.rule, v.status) for v in found] == [("error-envelope", 429)]
+
+
+def test_a_rule_tests_events_are_written_as_the_stream_its_media_type_is() -> None:
+    events = [TestEvent("error", b'{"a": 1}'), TestEvent(None, b"two\nlines"), TestEvent(None, b"")]
+    sse = stream_text(SSE_TYPE, events)
+    assert sse == b'event: error\ndata: {"a": 1}\n\ndata: two\ndata: lines\n\ndata: \n\n'
+    assert first_event_of(sse, SSE, 1024)[0] == Event("error", b'{"a": 1}', 29)
+    ndjson = stream_text("application/jsonl", events[:1])
+    assert ndjson == b'{"a": 1}\n'
