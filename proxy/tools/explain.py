@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from proxy.config.model import Config, RouteConfig, TestResponse
 from proxy.observe.metrics import status_class
 from proxy.rules import inspection as ins
+from proxy.rules.events import Event
+from proxy.rules.presets import keyword_row
 from proxy.rules.ruletests import Simulation, simulate
 from proxy.rules.snapshot import Route, build
+from proxy.rules.streams import STREAM_ERROR, examine_event, first_event_of
 from proxy.rules.verdict import Verdict
 from proxy.tools.ruletrace import RuleTrace, trace_rules
 from proxy.wire import headers as h
@@ -68,6 +71,8 @@ class Explanation:
     rules: tuple[RuleTrace, ...] | None
     elements: tuple[Element, ...] | None
     verdict: Verdict | None
+    stream: str | None = None  # sse | ndjson: an event stream held for its first event
+    first_event: Event | None = None  # that event, when it was complete within the bound
 
 
 def _kind(doc: object) -> str:
@@ -108,9 +113,15 @@ def explain(
     )
     mtype = ins.media_type(h.get(headers, "content-type"))
     codings = ins.encodings(h.get(headers, "content-encoding"))
-    buffered, reason, doc = _inspection(
-        config, runtime.inspect, route, sim, status, mtype, codings, body
-    )
+    kind = runtime.inspect.stream_types.get(mtype)
+    event = None
+    held_stream = kind is not None and sim.inspection is not None and 200 <= status < 300
+    if kind is not None and held_stream:
+        buffered, reason, doc, event = _first_event(runtime.inspect, kind, sim, codings, body)
+    else:
+        buffered, reason, doc = _inspection(
+            config, runtime.inspect, route, sim, status, mtype, codings, body
+        )
     rules: tuple[RuleTrace, ...] | None = None
     elements: tuple[Element, ...] | None = None
     verdict = None
@@ -131,12 +142,55 @@ def explain(
         except RecursionError:  # as `inspect.examine`: a pathological depth matches nothing
             verdict, rules, elements = None, None, None
             reason = "the body is nested too deeply to evaluate: treated as matching nothing"
+    if event is not None:  # as the proxy judges it: the built-in stream-error included
+        verdict = examine_event(route.rules, event, mtype).verdict
+        if verdict is not None and verdict.rule == STREAM_ERROR:
+            reason = _stream_error_reason(verdict, doc is not MISSING)
     override_from = "route" if route_cfg.action else ("global" if config.action else None)
     return Explanation(
         config, route_cfg, route, route_cfg.action or config.action, override_from, status,
         tuple(headers), len(body), mtype, codings, sim, buffered, reason,
         None if doc is MISSING else _kind(doc), rules, elements, verdict,
+        kind if held_stream else None, event,
     )  # fmt: skip
+
+
+def _first_event(
+    policy: ins.InspectPolicy,
+    kind: str,
+    sim: Simulation,
+    codings: tuple[str, ...],
+    body: bytes,
+) -> tuple[bool, str, object, Event | None]:
+    """(held?, why the inspection ended as it did, the first event's parsed data or MISSING,
+    the first event) for an event stream (SPEC 5.1)."""
+    if sim.inspection == ins.SKIPPED_ENCODING:
+        return False, "a compressed event stream is not held: it streams through", MISSING, None
+    event, _ = first_event_of(body, kind, policy.first_event_bytes)
+    if event is None:
+        if sim.inspection == ins.SKIPPED_SIZE:
+            why = (
+                "no complete first event within inspect.first_event_bytes "
+                f"({policy.first_event_bytes}): the stream goes on unjudged"
+            )
+        else:
+            why = "the stream ends without a complete event: nothing to judge"
+        return True, why, MISSING, None
+    try:
+        return True, "", ins.parse_json(event.data), event
+    except ins.Undecodable:
+        return True, "the first event's data is not JSON", MISSING, event
+
+
+def _stream_error_reason(verdict: Verdict, parsed: bool) -> str:
+    hit = keyword_row(verdict.message) if verdict.message is not None else None
+    why = "no rule matched" if parsed else "its data is not JSON"
+    how = (
+        f"keyword {hit.keyword!r} in its message -> {hit.status}"
+        if hit is not None
+        else f"no keyword in its message -> {verdict.status}"
+    )
+    return f"{why}, and it is an SSE `error` event: the built-in rule {STREAM_ERROR} ({how})"
 
 
 def _inspection(

@@ -102,6 +102,14 @@ def to_json(e: Explanation) -> dict[str, object]:
             "buffered": e.buffered,
             "result": sim.inspection,
             "reason": e.reason,
+            "stream": e.stream,
+            "first_event": None
+            if e.first_event is None
+            else {
+                "name": e.first_event.name,
+                "data_bytes": len(e.first_event.data),
+                "end": e.first_event.end,
+            },
         },
         "document": e.document,
         "rules": None if e.rules is None else [_trace_json(t) for t in e.rules],
@@ -226,12 +234,25 @@ def render(e: Explanation) -> str:
     out += ["", f"response: {e.status}, Content-Type: {ctype}{coding}, {e.body_bytes} bytes"]
     if sim.inspection is None:
         out.append(f"inspection: not inspected (streamed through): {e.reason}")
+    elif e.stream is not None:
+        held = "held until its first event" if e.buffered else "not held, streamed through"
+        out.append(f"inspection: {sim.inspection} ({e.stream} event stream, {held})")
+        ev = e.first_event
+        if ev is not None:
+            name = repr(ev.name) if ev.name else "(an NDJSON line)"
+            out.append(
+                f"  first event: {name}, {len(ev.data)} bytes of data, complete at byte "
+                f"{ev.end} of {e.body_bytes}; the rest follows byte for byte"
+            )
+        if e.reason:
+            out.append(f"  {e.reason}")
     else:
         buffered = "buffered" if e.buffered else "not buffered, streamed through"
         out.append(f"inspection: {sim.inspection} ({buffered})")
         out.append(f"  {e.reason}")
     if e.rules is not None:
-        out += ["", f"rules on the {e.document}:"]
+        of = "the first event's " if e.stream is not None else "the "
+        out += ["", f"rules on {of}{e.document}:"]
         for i, t in enumerate(e.rules, 1):
             out += _rule_lines(i, t, "  ")
     if e.elements is not None:

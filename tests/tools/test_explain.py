@@ -533,7 +533,7 @@ def test_json_output_has_stable_keys(tmp_path: Path) -> None:
     assert doc["response"]["headers"] == [["Content-Type", "application/json"]]
     assert doc["inspection"] == {
         "inspected": True, "buffered": True, "result": "matched",
-        "reason": "rule 'my-envelope' matched",
+        "reason": "rule 'my-envelope' matched", "stream": None, "first_event": None,
     }  # fmt: skip
     first, second = doc["rules"]
     assert list(first) == [
@@ -708,3 +708,105 @@ def test_every_shipped_config_explains_every_route(path: Path) -> None:
     for route in load_file(path).routes:
         code, out, _ = run("-c", str(path), "--route", route.name, "--json", "-", stdin=b"{}")
         assert code == 0 and json.loads(out)["route"]["name"] == route.name
+
+
+# -- event streams (SPEC 5.1): the verdict on the first event --------------------------------
+
+LLM = "config/examples/llm-streams.yaml"
+OVERLOADED = (
+    b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+    b'"message": "Overloaded"}}\n\ndata: [DONE]\n\n'
+)
+
+
+def test_a_stream_body_is_explained_by_its_first_event(tmp_path: Path) -> None:
+    body = body_file(tmp_path, OVERLOADED, "stream.sse")
+    code, out, err = run("-c", LLM, "--content-type", "text/event-stream", body)
+    assert (code, err) == (0, "")
+    assert_lines(
+        out,
+        "inspection: matched (sse event stream, held until its first event)",
+        "  first event: 'error', 81 bytes of data, complete at byte 102 of 116; "
+        "the rest follows byte for byte",
+        "  rule 'error-envelope' matched",
+        "rules on the first event's object:",
+        "verdict: rule error-envelope, action rewrite, mapped status 503",
+        "  delivered status: 503 (the upstream sent 200)",
+        "  body: the upstream's bytes, unchanged",
+    )
+    code, out, _ = run("-c", LLM, "--content-type", "text/event-stream", "--json", body)
+    doc = json.loads(out)
+    assert doc["inspection"]["stream"] == "sse"
+    assert doc["inspection"]["first_event"] == {"name": "error", "data_bytes": 81, "end": 102}
+    assert doc["verdict"]["status"] == 503 and doc["delivered"]["retry_after"] == "10"
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "lines"),
+    [
+        (
+            "text/event-stream",
+            b"event: error\ndata: Service busy\n\n",
+            [
+                "  its data is not JSON, and it is an SSE `error` event: the built-in rule "
+                "stream-error (keyword 'busy' in its message -> 503)",
+                "verdict: rule stream-error, action rewrite, mapped status 503",
+            ],
+        ),
+        (
+            "text/event-stream",
+            b'event: error\ndata: {"detail": "x"}\n\n',
+            [
+                "  no rule matched, and it is an SSE `error` event: the built-in rule "
+                "stream-error (no keyword in its message -> 502)",
+                "verdict: rule stream-error, action rewrite, mapped status 502",
+            ],
+        ),
+        (
+            "application/x-ndjson",
+            b'{"error": "quota exceeded"}\n{"n": 1}\n',
+            [
+                "inspection: matched (ndjson event stream, held until its first event)",
+                "  first event: (an NDJSON line), 27 bytes of data, complete at byte 28 of 37; "
+                "the rest follows byte for byte",
+                "verdict: rule error-envelope, action rewrite, mapped status 429",
+            ],
+        ),
+        (
+            "text/event-stream",
+            b"data: " + b"x" * 20000 + b"\n\n",
+            [
+                "inspection: skipped_size (sse event stream, held until its first event)",
+                "  no complete first event within inspect.first_event_bytes (16384): "
+                "the stream goes on unjudged",
+                "verdict: none; the response is delivered as the upstream sent it",
+            ],
+        ),
+        (
+            "text/event-stream",
+            b"data: [DONE]\n\n",
+            [
+                "inspection: invalid_json (sse event stream, held until its first event)",
+                "  the first event's data is not JSON",
+            ],
+        ),
+    ],
+)
+def test_stream_verdicts(tmp_path: Path, ctype: str, body: bytes, lines: list[str]) -> None:
+    code, out, err = run("-c", LLM, "--content-type", ctype, body_file(tmp_path, body, "s"))
+    assert (code, err) == (0, "")
+    assert_lines(out, *lines)
+
+
+def test_a_compressed_stream_is_not_held(tmp_path: Path) -> None:
+    body = body_file(tmp_path, gzip.compress(OVERLOADED), "s.gz")
+    code, out, _ = run(
+        "-c", LLM, "--content-type", "text/event-stream", "--header", "Content-Encoding: gzip", body
+    )
+    assert code == 0
+    assert_lines(
+        out,
+        "inspection: skipped_encoding (sse event stream, not held, streamed through)",
+        "  a compressed event stream is not held: it streams through",
+        "verdict: none; the response is delivered as the upstream sent it",
+    )
