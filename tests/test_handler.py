@@ -900,3 +900,80 @@ async def test_upstream_userinfo_is_basic_auth_unless_the_client_sends_its_own(
     sent = {k.lower(): v for k, v in echoed["headers"]}
     assert sent["authorization"] == expected
     assert "s3cret" not in tg.log_text()
+
+
+# -- event streams (SPEC 5.1; tests/system/test_streams.py drives a real process) -------------
+
+OVERLOADED_EVENT = (
+    b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+    b'"message": "Overloaded"}}\n\n'
+)
+STREAM = OVERLOADED_EVENT + b"data: [DONE]\n\n"
+
+
+def stream_app() -> web.Application:
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "ETag": '"s"'})
+        await resp.prepare(request)
+        await resp.write(OVERLOADED_EVENT)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/events", events)
+    return app
+
+
+async def test_a_flagged_stream_keeps_its_status_and_headers(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    upstream = await start_upstream(stream_app())
+    route = "  - name: r\n    upstream: u\n    rules: [error-envelope]\n    action: flag\n"
+    tg = await start_proxy(config_yaml(upstream.url, route=route))
+    async with client.get(tg.url + "/events") as r:
+        assert r.status == 200 and await r.read() == STREAM
+        assert r.headers["ETag"] == '"s"'  # flag: every upstream header untouched
+        assert (r.headers["Tunnelguard-Rule"], r.headers["Tunnelguard-Status"]) == (
+            "error-envelope",
+            "503",
+        )
+    labels = {"route": "r", "method": "GET", "code": "200", "class": "5xx", "source": "flagged"}
+    assert tg.sample("tunnelguard_requests_total", **labels) == 1
+
+
+async def test_body_problem_replaces_a_stream_with_a_problem_document(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    upstream = await start_upstream(stream_app())
+    extra = (
+        "rules:\n  - name: overloaded\n    when: {path: /error/type, equals: overloaded_error}\n"
+        "    status: 503\n    body: problem\n"
+    )
+    route = "  - name: r\n    upstream: u\n    rules: [overloaded]\n"
+    tg = await start_proxy(config_yaml(upstream.url, extra=extra, route=route))
+    async with client.get(tg.url + "/events") as r:
+        assert r.status == 503
+        assert r.headers["Content-Type"] == "application/problem+json"
+        doc = orjson.loads(await r.read())
+    assert doc["upstream"] == {
+        "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }  # fmt: skip
+    assert doc["rule"] == "overloaded" and doc["retryable"] is True
+
+
+async def test_head_and_a_first_event_bytes_of_0_do_not_hold_streams(
+    start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    upstream = await start_upstream(stream_app())
+    tg = await start_proxy(config_yaml(upstream.url))
+    async with client.head(tg.url + "/events") as r:
+        assert r.status == 200 and "Tunnelguard-Rule" not in r.headers
+    assert tg.sample("tunnelguard_inspections_total", route="r", result="matched") == 0
+    off = await start_proxy(config_yaml(upstream.url, extra="inspect: {first_event_bytes: 0}\n"))
+    async with client.get(off.url + "/events") as r:
+        assert (r.status, await r.read()) == (200, STREAM)
+    assert (
+        off.sample("tunnelguard_inspections_total", route="r", result="skipped_content_type") == 1
+    )
+    assert off.sample("tunnelguard_stream_errors_total", route="r", rule="error-envelope") == 0
