@@ -1,10 +1,10 @@
 """The life of one proxied request, top to bottom (`Proxy._handle`, then `_forward`).
 
 route -> clean the headers -> keep the body for a replay (or stream it) -> admit (breaker,
-concurrency) -> attempt: send, then stream the answer or judge its body (`rules.decide`),
-a failure mapped through THE table -> retry when policy and budget allow -> deliver
-(relayed, rewritten or flagged, or a problem body) -> record (one metrics sample, one
-access-log line).
+concurrency) -> attempt: send, then stream the answer, judge its body (`rules.decide`) or an
+event stream's first event (SPEC 5.1), a failure mapped through THE table -> retry when
+policy and budget allow -> deliver (relayed, with a stream's later events watched;
+rewritten or flagged; or a problem body) -> record (one metrics sample, one access-log line).
 """
 
 from __future__ import annotations
