@@ -435,6 +435,7 @@ class Proxy:
             decision = decide_event(
                 route.rules, resp.status, plan.headers, event, mtype,
                 fallback_retry_after=route.fallback_retry_after, trace_id=call.trace_id,
+                discover=route.discover.enabled,  # a held stream's status is 2xx already
             )  # fmt: skip
             result, watch_from = decision.result, event.end
             self._judged(route, plan, decision)

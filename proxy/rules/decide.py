@@ -59,11 +59,13 @@ def decide_event(
     *,
     fallback_retry_after: int,
     trace_id: str,
+    discover: bool = False,
 ) -> Decision:
     """Judge the first event of an event stream (SPEC 5.1) as `decide` judges a body: the
     delivery, when a rule (or the built-in `stream-error`) matched, is the stream's head
-    rewritten or flagged (4.3); with `body: keep` its bytes follow unchanged."""
-    examined = examine_event(rules, event, mtype)
+    rewritten or flagged (4.3); with `body: keep` its bytes follow unchanged.  With
+    `discover`, a clean event is looked at for error markers (`suspect`, SPEC 10)."""
+    examined = examine_event(rules, event, mtype, discover)
     return _applied(examined, status, headers, fallback_retry_after, trace_id)
 
 

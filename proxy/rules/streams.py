@@ -31,6 +31,7 @@ from proxy.rules.inspection import (
 )
 from proxy.rules.presets import envelope_message, keyword_status
 from proxy.rules.ruleset import RuleSet
+from proxy.rules.suspect import detect
 from proxy.rules.verdict import Verdict
 
 STREAM_ERROR = "stream-error"  # the built-in rule's name (metric label, Tunnelguard-Rule)
@@ -39,9 +40,11 @@ ERROR_EVENT = "error"  # the SSE event name that marks an error
 _NOT_JSON = object()
 
 
-def examine_event(rules: RuleSet, event: Event, mtype: str) -> Examined:
+def examine_event(rules: RuleSet, event: Event, mtype: str, discover: bool = False) -> Examined:
     """Judge one event's data as the route's rules judge a body; `decoded` is its JSON text
-    when a rule matched.  Pure; never raises on bad input."""
+    when a rule matched.  With `discover`, clean data goes through the suspect-shape
+    detector, as a clean body does (SPEC 10: "and first stream event").  Pure; never raises
+    on bad input."""
     try:
         doc = parse_for_rules(event.data)
     except Undecodable:
@@ -56,7 +59,9 @@ def examine_event(rules: RuleSet, event: Event, mtype: str) -> Examined:
         verdict = stream_error_verdict(rules, doc, event.data)
     if verdict is not None:
         return Examined(MATCHED, verdict, b"" if doc is _NOT_JSON else strip_bom(event.data))
-    return Examined(INVALID_JSON if doc is _NOT_JSON else CLEAN)
+    if doc is _NOT_JSON:
+        return Examined(INVALID_JSON)
+    return Examined(CLEAN, suspect=detect(doc) if discover else None)
 
 
 def stream_error_verdict(rules: RuleSet, doc: object, data: bytes) -> Verdict:

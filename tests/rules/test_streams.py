@@ -156,3 +156,17 @@ def test_a_rule_tests_events_are_written_as_the_stream_its_media_type_is() -> No
     assert first_event_of(sse, SSE, 1024)[0] == Event("error", b'{"a": 1}', 29)
     ndjson = stream_text("application/jsonl", events[:1])
     assert ndjson == b'{"a": 1}\n'
+
+
+def test_a_clean_first_event_goes_through_the_detector_when_asked() -> None:
+    """SPEC 10: "every inspected 2xx JSON body (and first stream event) that no rule of its
+    route matched" goes through the detector."""
+    wechat = Event("message", b'{"errcode": 40001, "errmsg": "invalid credential"}', 1)
+    examined = examine_event(DEFAULT, wechat, SSE_TYPE, discover=True)
+    assert examined.result == ins.CLEAN and examined.suspect is not None
+    assert [m.pointer for m in examined.suspect.markers] == ["/errcode"]
+    assert examine_event(DEFAULT, wechat, SSE_TYPE).suspect is None  # not asked
+    clean = Event("message", b'{"type": "message_start", "message": {"id": "msg_1"}}', 1)
+    assert examine_event(DEFAULT, clean, SSE_TYPE, discover=True).suspect is None
+    matched = examine_event(DEFAULT, Event("error", ANTHROPIC, 1), SSE_TYPE, discover=True)
+    assert matched.result == ins.MATCHED and matched.suspect is None  # a rule knows it

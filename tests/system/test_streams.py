@@ -60,6 +60,13 @@ SCRIPTS: dict[str, tuple[str, list[bytes]]] = {
         "application/jsonl",
         [b'{"n": 1}\n', b'{"n": 2}\n', b'{"error": "deadline exceeded"}\n', b'{"n": 3}\n'],
     ),
+    "suspect-first": (  # WeChat's envelope, no preset knows it: a suspect shape (SPEC 10)
+        SSE,
+        [
+            b'data: {"errcode": 45009, "errmsg": "reach max api daily quota limit"}\n\n',
+            b"data: [DONE]\n\n",
+        ],
+    ),
     "over-the-bound": (
         SSE,
         [
@@ -498,3 +505,24 @@ async def test_a_client_hanging_up_mid_stream_closes_the_upstream_connection(
             await asyncio.wait_for(upstream.closed.wait(), 10)  # not left open, not pooled
     finally:
         await upstream.stop()
+
+
+async def test_a_suspect_first_event_is_catalogued_and_the_stream_untouched(
+    proxied: tuple[str, Proxy],
+) -> None:
+    """SPEC 10: a first event no rule matched goes through the detector like a body: its
+    shape is in /shapes and counted, the access line names it, nothing delivered changes."""
+    upstream, proxy = proxied
+    _, _, direct = await _get(upstream + "/script/suspect-first")
+    status, headers, body = await _get(proxy.url + "/script/suspect-first")
+    assert (status, body) == (200, direct)
+    assert not [h for h in headers if h.lower().startswith("tunnelguard-")]
+    async with aiohttp.ClientSession() as s, s.get(proxy.admin + "/shapes") as r:
+        shapes = (await r.json())["routes"]["llm"]
+    assert [(m["pointer"], list(m["values"])) for m in shapes[0]["markers"]] == [
+        ("/errcode", ["45009"])
+    ]
+    assert shapes[0]["markers"][0]["values"]["45009"]["status"] == 429  # "quota"
+    assert await proxy.sample("tunnelguard_suspect_responses_total", route="llm") == 1
+    (line,) = await proxy.process.wait_for("request")
+    assert line["suspect"] == shapes[0]["id"] and line["code"] == 200
