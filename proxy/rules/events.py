@@ -53,14 +53,32 @@ class Event:
     end: int
 
 
-class FirstEvent:
-    """Feed the stream's chunks in order; `feed` returns the first event once it is
-    complete within `limit` bytes, else None.  `exhausted` turns true when `limit` bytes
-    arrived without one: the stream is then forwarded unjudged."""
+def _line_end(buf: bytes, pos: int) -> tuple[int, int, bool] | None:
+    """The line of `buf` starting at `pos`, when its end arrived: (the index of its CR or
+    LF, where the next line starts, whether an LF may still come with the next chunk: a CR
+    that ends `buf` and may be the first half of a CRLF).  None: no line end yet."""
+    cr = buf.find(b"\r", pos)
+    lf = buf.find(b"\n", pos)
+    if cr < 0 and lf < 0:
+        return None
+    end = lf if cr < 0 or (0 <= lf < cr) else cr
+    following = end + 1
+    pending_lf = False
+    if buf[end] == _CR:
+        if following < len(buf):
+            if buf[following] == _LF:
+                following += 1
+        else:
+            pending_lf = True
+    return end, following, pending_lf
+
+
+class _Lines:
+    """What both readers keep of a stream between chunks: the line in progress, its offset,
+    the BOM and CRLF state, and the event being assembled (SSE `event` and `data`)."""
 
     __slots__ = (
-        "_at", "_bom", "_buf", "_data", "_has_data", "_kind", "_limit", "_name",
-        "_skip_lf", "event", "exhausted",
+        "_at", "_bom", "_buf", "_data", "_has_data", "_kind", "_limit", "_name", "_skip_lf",
     )  # fmt: skip
 
     def __init__(self, kind: str, limit: int) -> None:
@@ -68,25 +86,23 @@ class FirstEvent:
             raise ValueError(f"not an event stream kind: {kind!r}")
         self._kind = kind
         self._limit = limit
-        self._buf = b""  # the incomplete line so far
+        self._buf = b""  # the line in progress
         self._at = 0  # stream offset of `_buf`'s first byte
         self._bom = True  # the start of the stream may still be a BOM
         self._skip_lf = False  # the last line ended in a CR: a leading LF belongs to it
         self._name = b""
         self._data = bytearray()
         self._has_data = False
-        self.event: Event | None = None
-        self.exhausted = False
 
-    def feed(self, chunk: bytes) -> Event | None:
-        if self.event is not None or self.exhausted or not chunk:
-            return self.event
+    def _begin(self, chunk: bytes) -> tuple[bytes, int] | None:
+        """The bytes to read now (the line in progress, then `chunk`) and where to start:
+        past a BOM at the stream's start and past the LF of a CRLF split between chunks.
+        None while the stream is too short to tell a BOM (the bytes are kept)."""
         buf = self._buf + chunk if self._buf else chunk
         start = 0
         if self._bom:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):
-                self._buf = buf  # too short to tell yet
-                self._check_limit(len(buf))
+                self._buf = buf
                 return None
             self._bom = False
             if buf.startswith(_BOM):
@@ -95,6 +111,44 @@ class FirstEvent:
             self._skip_lf = False
             if buf[start : start + 1] == b"\n":
                 start += 1
+        return buf, start
+
+    def _field(self, line: bytes) -> None:
+        """An SSE line that is not blank: a comment, or a field (`data` appended with an LF,
+        `event` names the event; id, retry and unknown fields do not change its data)."""
+        if line[0] == 0x3A:  # ":" a comment
+            return
+        field, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data += value
+            self._data.append(_LF)
+            self._has_data = True
+        elif field == b"event":
+            self._name = value
+
+
+class FirstEvent(_Lines):
+    """Feed the stream's chunks in order; `feed` returns the first event once it is
+    complete within `limit` bytes, else None.  `exhausted` turns true when `limit` bytes
+    arrived without one: the stream is then forwarded unjudged."""
+
+    __slots__ = ("event", "exhausted")
+
+    def __init__(self, kind: str, limit: int) -> None:
+        super().__init__(kind, limit)
+        self.event: Event | None = None
+        self.exhausted = False
+
+    def feed(self, chunk: bytes) -> Event | None:
+        if self.event is not None or self.exhausted or not chunk:
+            return self.event
+        begun = self._begin(chunk)
+        if begun is None:  # too short to tell a BOM yet
+            self._check_limit(len(self._buf))
+            return None
+        buf, start = begun
         event = self._lines(buf, start)
         if event is not None:
             return event
@@ -110,20 +164,13 @@ class FirstEvent:
     def _lines(self, buf: bytes, pos: int) -> Event | None:
         """Handle every complete line of `buf` from `pos`; keep the rest."""
         at = self._at
-        size = len(buf)
-        while pos < size:
-            cr = buf.find(b"\r", pos)
-            lf = buf.find(b"\n", pos)
-            if cr < 0 and lf < 0:
+        while pos < len(buf):
+            found = _line_end(buf, pos)
+            if found is None:
                 break
-            end = lf if cr < 0 or (0 <= lf < cr) else cr
-            following = end + 1
-            if buf[end] == _CR:
-                if following < size:
-                    if buf[following] == _LF:
-                        following += 1
-                else:
-                    self._skip_lf = True  # the LF, if any, comes with the next chunk
+            end, following, pending_lf = found
+            if pending_lf:
+                self._skip_lf = True  # the LF, if any, comes with the next chunk
             # the event ends with its line's CR or LF: an LF after a CR may not have come
             # yet, and waiting for it would hold a CR-terminated event back
             if at + end + 1 > self._limit:
@@ -152,21 +199,11 @@ class FirstEvent:
             data = bytes(self._data[:-1])  # the last LF removed
             name = self._name.decode("utf-8", "replace") or "message"
             return Event(name, data, end)
-        if line[0] == 0x3A:  # ":" a comment
-            return None
-        field, colon, value = line.partition(b":")
-        if colon and value[:1] == b" ":
-            value = value[1:]
-        if field == b"data":
-            self._data += value
-            self._data.append(_LF)
-            self._has_data = True
-        elif field == b"event":
-            self._name = value
-        return None  # id, retry and unknown fields do not change the event's data
+        self._field(line)
+        return None
 
 
-class EventScanner:
+class EventScanner(_Lines):
     """Every event of a stream, fed in chunks in order: `feed` returns the events completed
     by a chunk (`Event.end` is an offset in the whole stream, as for `FirstEvent`).
 
@@ -175,57 +212,28 @@ class EventScanner:
     and its lines are ignored up to the blank line that would have dispatched it (NDJSON: the
     end of the line).  A skipped event costs nothing but the search for line ends."""
 
-    __slots__ = (
-        "_at", "_bom", "_buf", "_data", "_has_data", "_kind", "_limit", "_name",
-        "_skip_lf", "_skipping",
-    )  # fmt: skip
+    __slots__ = ("_skipping",)
 
     def __init__(self, kind: str, limit: int) -> None:
-        if kind not in (SSE, NDJSON):
-            raise ValueError(f"not an event stream kind: {kind!r}")
-        self._kind = kind
-        self._limit = limit
-        self._buf = b""  # the line in progress (one byte of it while skipping)
-        self._at = 0  # stream offset of `_buf`'s first byte
-        self._bom = True
-        self._skip_lf = False
-        self._name = b""
-        self._data = bytearray()
-        self._has_data = False
+        super().__init__(kind, limit)  # `_buf` holds one byte of a line while skipping
         self._skipping = False  # inside an event that outgrew `limit`
 
     def feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
-        buf = self._buf + chunk if self._buf else chunk
-        pos = 0
-        if self._bom:
-            if len(buf) < len(_BOM) and _BOM.startswith(buf):
-                self._buf = buf  # too short to tell yet
-                return []
-            self._bom = False
-            if buf.startswith(_BOM):
-                pos = len(_BOM)
-        if self._skip_lf:
-            self._skip_lf = False
-            if buf[pos : pos + 1] == b"\n":
-                pos += 1
+        begun = self._begin(chunk)
+        if begun is None:  # too short to tell a BOM yet
+            return []
+        buf, pos = begun
         events: list[Event] = []
         at = self._at
-        size = len(buf)
-        while pos < size:
-            cr = buf.find(b"\r", pos)
-            lf = buf.find(b"\n", pos)
-            if cr < 0 and lf < 0:
+        while pos < len(buf):
+            found = _line_end(buf, pos)
+            if found is None:
                 break
-            end = lf if cr < 0 or (0 <= lf < cr) else cr
-            following = end + 1
-            if buf[end] == _CR:
-                if following < size:
-                    if buf[following] == _LF:
-                        following += 1
-                else:
-                    self._skip_lf = True
+            end, following, pending_lf = found
+            if pending_lf:
+                self._skip_lf = True
             event = self._line(buf[pos:end], at + end + 1)
             if event is not None:
                 events.append(event)
@@ -280,15 +288,5 @@ class EventScanner:
         if self._held() + len(line) > self._limit:  # a comment too: its line was held
             self._skip()
             return None
-        if line[0] == 0x3A:  # ":" a comment
-            return None
-        field, colon, value = line.partition(b":")
-        if colon and value[:1] == b" ":
-            value = value[1:]
-        if field == b"data":
-            self._data += value
-            self._data.append(_LF)
-            self._has_data = True
-        elif field == b"event":
-            self._name = value
+        self._field(line)
         return None

@@ -52,7 +52,7 @@ from proxy.rules.presets import (
     keyword_status,
     resource_key,
 )
-from proxy.wire.jsondoc import ARRAY_TYPES, OBJECT_TYPES, Object
+from proxy.wire.jsondoc import ARRAY_TYPES, OBJECT_TYPES, Object, json_type
 from proxy.wire.pointer import escape_token
 
 MAX_MEMBERS: Final = 256
@@ -389,7 +389,7 @@ def _record_key(key: str) -> bool:
 
 def _marker(holder: Object, prefix: str, key: str, kind: int, value: object) -> Marker:
     pointer = f"/{escape_token(prefix)}/{escape_token(key)}" if prefix else f"/{escape_token(key)}"
-    kind_name = _json_type(value)
+    kind_name = json_type(value)
     if kind & _NUMERIC and type(value) is int and 400 <= value <= 599:
         return Marker(pointer, kind_name, str(value), value)
     code: str | None = None
@@ -468,17 +468,3 @@ def _message_beside(holder: Object, marker_key: str) -> str | None:
             if isinstance(text, str) and text:
                 message, message_rank = text, rank
     return message
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, OBJECT_TYPES):
-        return "object"
-    if isinstance(value, ARRAY_TYPES):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if value is True or value is False:
-        return "boolean"
-    if value is None:
-        return "null"
-    return "number"

@@ -26,6 +26,7 @@ from proxy.rules.streams import STREAM_ERROR, examine_event, first_event_of
 from proxy.rules.verdict import Verdict
 from proxy.tools.ruletrace import RuleTrace, trace_rules
 from proxy.wire import headers as h
+from proxy.wire.jsondoc import json_type
 from proxy.wire.pointer import MISSING
 
 # -- the whole response ----------------------------------------------------------------------
@@ -73,18 +74,6 @@ class Explanation:
     verdict: Verdict | None
     stream: str | None = None  # sse | ndjson: an event stream held for its first event
     first_event: Event | None = None  # that event, when it was complete within the bound
-
-
-def _kind(doc: object) -> str:
-    if isinstance(doc, dict):
-        return "object"
-    if isinstance(doc, list):
-        return "array"
-    if isinstance(doc, str):
-        return "string"
-    if isinstance(doc, bool):
-        return "boolean"
-    return "null" if doc is None else "number"
 
 
 def _ranges(statuses: Sequence[tuple[int, int]]) -> str:
@@ -150,7 +139,7 @@ def explain(
     return Explanation(
         config, route_cfg, route, route_cfg.action or config.action, override_from, status,
         tuple(headers), len(body), mtype, codings, sim, buffered, reason,
-        None if doc is MISSING else _kind(doc), rules, elements, verdict,
+        None if doc is MISSING else json_type(doc), rules, elements, verdict,
         kind if held_stream else None, event,
     )  # fmt: skip
 

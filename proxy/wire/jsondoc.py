@@ -175,6 +175,20 @@ Array = list[object] | LazyArray
 """The type of a JSON array as rules read it."""
 
 
+def json_type(value: object) -> str:
+    """The JSON type of a parsed value (built by orjson or a simdjson view): object, array,
+    string, boolean, null or number."""
+    if isinstance(value, OBJECT_TYPES):
+        return "object"
+    if isinstance(value, ARRAY_TYPES):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if value is True or value is False:
+        return "boolean"
+    return "null" if value is None else "number"
+
+
 def _open(value: object) -> object:
     if isinstance(value, simdjson.Object):
         members = dict.fromkeys(value, _UNREAD)  # the keys, in order, listed once

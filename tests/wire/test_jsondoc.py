@@ -198,3 +198,22 @@ def test_plain_leaves_plain_values_alone() -> None:
 def test_repr_names_what_it_holds() -> None:
     assert repr(jsondoc.parse(b'{"a": 1, "b": 2}')) == "LazyObject(['a', 'b'])"
     assert repr(jsondoc.parse(b"[1, 2, 3]")) == "LazyArray(<3 elements>)"
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        (b'{"a": 1}', "object"),
+        (b"[1, 2]", "array"),
+        (b'"x"', "string"),
+        (b"true", "boolean"),
+        (b"false", "boolean"),
+        (b"null", "null"),
+        (b"0", "number"),
+        (b"-1.5e3", "number"),
+    ],
+)
+def test_json_type_names_built_values_and_views_alike(text: bytes, name: str) -> None:
+    assert jsondoc.json_type(orjson.loads(text)) == name
+    wrapped = jsondoc.parse(b'{"v": ' + text + b', "pad": "' + b"x" * 4096 + b'"}')
+    assert jsondoc.json_type(wrapped.get("v")) == name  # a simdjson view's member
