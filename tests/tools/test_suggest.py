@@ -156,17 +156,21 @@ def test_a_har_capture_becomes_rules(tmp_path: Path) -> None:
     assert flagged == sum(TUNNELLED.values())
 
 
-async def test_from_a_running_proxy_to_a_proxy_that_flags_them(
-    tmp_path: Path, start_upstream: UpstreamFactory
-) -> None:
+Served = dict[str, tuple[int, str, bytes]]  # path -> (status, content type, body)
+Seen = dict[str, tuple[int, str | None, str | None]]  # path -> (status, rule, flagged status)
+
+
+async def _walk_through(
+    tmp_path: Path, start_upstream: UpstreamFactory, bodies: Served
+) -> tuple[Seen, Seen]:
     """The walk-through of docs/discovery.md, through real processes: run the default in
-    front of an upstream, let traffic through, `suggest --admin`, `check`, then run the
-    suggested config: the tunnelled shapes are flagged, nothing else changes."""
-    bodies = {f"/r{i}": item for i, item in enumerate(har_bodies())}
+    front of an upstream answering `bodies`, let each through once, `suggest --admin`,
+    `check`, then run the suggested config and ask again: what each path got before and
+    after."""
     app = web.Application()
 
     async def answer(request: web.Request) -> web.Response:
-        _, status, ctype, body = bodies[request.path]
+        status, ctype, body = bodies[request.path]
         return web.Response(status=status, body=body, headers={"Content-Type": ctype})
 
     app.router.add_get("/{tail:.*}", answer)
@@ -176,7 +180,6 @@ async def test_from_a_running_proxy_to_a_proxy_that_flags_them(
         first = await _start(tmp_path / "first.log", procs, "--upstream", upstream.url)
         async with aiohttp.ClientSession() as session:
             before = {p: await _get(session, first[0] + p) for p in bodies}
-            assert all(rule != "shape" for _, rule, _ in before.values())
             out = tmp_path / "suggested.yaml"
             done = await asyncio.to_thread(suggest, "--admin", first[1], "-o", str(out))
             assert done.returncode == 0, done.stderr
@@ -187,15 +190,45 @@ async def test_from_a_running_proxy_to_a_proxy_that_flags_them(
             after = {p: await _get(session, second[0] + p) for p in bodies}
     finally:
         stop_processes(procs)
-    flagged = 0
-    for path, (status, rule, flag) in after.items():
+    for path, (status, rule, _) in after.items():
         assert status == before[path][0]  # flag: no status changes
-        if rule is not None and rule.startswith("shape-"):
-            flagged += 1
-            assert flag is not None and 400 <= int(flag) <= 599
-        else:
-            assert rule == before[path][1]
-    assert flagged == sum(TUNNELLED.values())
+        if rule is None or not rule.startswith("shape-"):
+            assert (rule, after[path][2]) == before[path][1:], path  # the rest as it was
+    return before, after
+
+
+async def test_from_a_running_proxy_to_a_proxy_that_flags_them(
+    tmp_path: Path, start_upstream: UpstreamFactory
+) -> None:
+    """The HAR capture's responses: its tunnelled errors the presets miss are flagged."""
+    bodies = {f"/r{i}": (st, ct, body) for i, (_, st, ct, body) in enumerate(har_bodies())}
+    _, after = await _walk_through(tmp_path, start_upstream, bodies)
+    flagged = [flag for _, rule, flag in after.values() if rule and rule.startswith("shape-")]
+    assert len(flagged) == sum(TUNNELLED.values())
+    assert all(flag is not None and 400 <= int(flag) <= 599 for flag in flagged)
+
+
+async def test_the_discovery_corpora_through_real_processes(
+    tmp_path: Path, start_upstream: UpstreamFactory
+) -> None:
+    """Issue 20's corpora served by a real upstream: after `suggest --admin`, every
+    tunnelled body is flagged with the status class the detector read in it, and no clean
+    body is touched."""
+    from proxy.rules.suspect import detect
+    from tests.rules.corpus import discovery
+
+    tunnelled = {f"/t{i}": e for i, e in enumerate(discovery.tunnelled())}
+    clean = {f"/c{i}": e for i, e in enumerate(discovery.clean())}
+    bodies = {p: (200, e.content_type, e.raw) for p, e in {**tunnelled, **clean}.items()}
+    before, after = await _walk_through(tmp_path, start_upstream, bodies)
+    for path, entry in tunnelled.items():
+        suspect = detect(entry.body)
+        assert suspect is not None and before[path][1] is None, entry.api  # no preset knew it
+        _, rule, flag = after[path]
+        assert rule is not None and rule.startswith("shape-"), entry.api
+        assert flag is not None and int(flag) // 100 == suspect.status // 100, entry.api
+    for path, entry in clean.items():
+        assert after[path] == before[path], entry.api
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str | None, str | None]:
