@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,6 +208,11 @@ def test_demo_tour_shows_before_and_after() -> None:
     assert "/slack/api/auth.test" in out and "upstream 200  ->  tunnelguard 401" in out
     assert "tunnelguard 429" in out and "tunnelguard 504" in out
     assert "/api/users                   upstream 200  ->  tunnelguard 200" in out
+    # an LLM stream's first event (SPEC 5.1), and an envelope no rule knows (SPEC 10)
+    assert "/llm/v1/messages             upstream 200  ->  tunnelguard 503" in out
+    assert "/wechat/cgi-bin/user/info    upstream 200  ->  tunnelguard 200  (rule: -)" in out
+    assert re.search(r"route default: s-[0-9a-f]{8}  /errcode = 40001  \(would be 400\)", out)
+    assert "suggest --admin http://127.0.0.1:" in out
     assert 'tunnelguard_tunnelled_errors_total{action="rewrite",route="default",rule="slack"' in out
     assert "curl -i" in out
 

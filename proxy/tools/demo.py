@@ -35,6 +35,17 @@ SCENARIOS: dict[str, tuple[str, bytes]] = {
         b'{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"limit exceeded"}}',
     ),
     "/api/report": ("application/json", b'{"error":"upstream timeout"}'),
+    # an LLM API's stream whose first event is an error (SPEC 5.1; Anthropic's published one)
+    "/llm/v1/messages": (
+        "text/event-stream",
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded"}}\n\n',
+    ),
+    # an envelope no preset knows (WeChat's): passed through, but suspect (SPEC 10)
+    "/wechat/cgi-bin/user/info": (
+        "application/json",
+        b'{"errcode":40001,"errmsg":"invalid credential, access_token is invalid"}',
+    ),
     "/api/users": ("application/json", b'{"users":[{"id":1,"name":"Ada"}],"error":null}'),
 }
 TOUR = (
@@ -43,6 +54,8 @@ TOUR = (
     "/graphql",
     "/rpc",
     "/api/report",
+    "/llm/v1/messages",
+    "/wechat/cgi-bin/user/info",
     "/api/users",
 )
 
@@ -72,7 +85,11 @@ async def _start_upstream() -> tuple[web.AppRunner, str]:
 
 
 def _interesting(metrics_text: str) -> dict[str, float]:
-    wanted = ("tunnelguard_requests_total{", "tunnelguard_tunnelled_errors_total{")
+    wanted = (
+        "tunnelguard_requests_total{",
+        "tunnelguard_tunnelled_errors_total{",
+        "tunnelguard_suspect_responses_total{",
+    )
     samples = {}
     for line in metrics_text.splitlines():
         if line.startswith(wanted):
@@ -97,13 +114,22 @@ async def _tour(upstream: str, proxy: str, admin: str) -> None:
                     f"  {path:<28} upstream {direct_status}  ->  tunnelguard {via.status}"
                     f"  (rule: {rule})"
                 )
-                print(f"  {'':<28} body: {body[:90]}")
+                print(f"  {'':<28} body: {body[:90].replace(chr(10), chr(92) + 'n')}")
         async with session.get(f"{admin}/metrics") as r:
             after = _interesting(await r.text())
+        async with session.get(f"{admin}/shapes") as r:
+            shapes = await r.json()
     print("\nMetric lines that changed:\n")
     for name, value in sorted(after.items()):
         if value != before.get(name, 0.0):
             print(f"  {name} {value:g}")
+    print("\nError shapes no rule knows yet (GET /shapes; `tunnelguard suggest` makes rules):\n")
+    for route, listed in shapes["routes"].items():
+        for shape in listed:
+            markers = ", ".join(
+                f"{m['pointer']} = {'/'.join(m['values']) or m['type']}" for m in shape["markers"]
+            )
+            print(f"  route {route}: {shape['id']}  {markers}  (would be {shape['status']})")
 
 
 async def run_demo(listen: Listen, admin_listen: Listen, once: bool = False) -> int:
@@ -130,6 +156,8 @@ async def run_demo(listen: Listen, admin_listen: Listen, once: bool = False) -> 
     print(f"  curl -i {proxy}/api/report               # 504 Gateway Timeout")
     print(f"  curl -i {proxy}/slack/api/chat.postMessage  # 429 with Retry-After")
     print(f"  curl -s {admin}/metrics | grep tunnelguard_requests_total")
+    print(f"  curl -s {admin}/shapes                   # what no rule knows yet")
+    print(f"  tunnelguard suggest --admin {admin} -o rules.yaml   # ... as rules")
     if not once:
         print("\nServing until Ctrl-C.")
         stop = asyncio.Event()
