@@ -322,6 +322,14 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if not found:
         print("tunnelguard suggest: nothing suspect found", file=sys.stderr)
         return EXIT_FAILURE
+    for route in config.routes:  # an override beats a rule's own action (SPEC 4.3)
+        override = route.action or config.action
+        if override == "rewrite" and any(s.route == route.name for s in found):
+            print(
+                f"tunnelguard suggest: route {route.name!r} overrides every rule's action with "
+                "rewrite: the suggested rules will rewrite there, not flag",
+                file=sys.stderr,
+            )
     out = rules.merged(text, found, source)
     problems = rules.verify(out, args.output or "<suggested>")
     if problems:

@@ -64,6 +64,23 @@ def test_body_files_become_rules_that_check_passes(tmp_path: Path) -> None:
     assert "invalid credential" not in text and "access_token" not in text
 
 
+def test_a_route_that_forces_rewrite_is_named(tmp_path: Path) -> None:
+    """An action override beats a rule's own `flag` (SPEC 4.3): adopting the suggestion
+    there would change statuses, so the command says so."""
+    config = tmp_path / "tg.yaml"
+    config.write_text(
+        "version: 1\nupstreams:\n  u: {url: 'http://127.0.0.1:1'}\n"
+        "routes:\n  - {name: api, upstream: u, rules: [slack], action: rewrite}\n"
+    )
+    body = tmp_path / "wechat.json"
+    body.write_text('{"errcode": 40001, "errmsg": "invalid credential"}')
+    done = suggest("--config", str(config), str(body), "-o", str(tmp_path / "out.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "route 'api' overrides every rule's action with rewrite" in done.stderr
+    plain = suggest(str(body), "-o", str(tmp_path / "plain.yaml"))
+    assert plain.returncode == 0 and "overrides" not in plain.stderr
+
+
 def test_stdin_and_stdout(tmp_path: Path) -> None:
     done = suggest("-", stdin=b'{"Response": {"Error": {"Code": "AuthFailure", "Message": "m"}}}')
     assert done.returncode == 0, done.stderr
