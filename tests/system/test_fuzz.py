@@ -8,8 +8,10 @@ Four targets, each checked against the SPEC rather than against the code:
   responses with valid and invalid status lines, bad header bytes, duplicate and conflicting
   Content-Length, Content-Length larger or smaller than the body, chunked framing with bad
   sizes or no terminator, `Content-Encoding: gzip` over non-gzip bytes, truncation anywhere,
-  JSON and non-JSON types.  Each case knows which outcomes the SPEC allows: the upstream's
-  own response (status, headers in order, body byte for byte, or a preset's verdict on it),
+  JSON and non-JSON types, and event streams (SSE, NDJSON: SPEC 5.1, held for their first
+  event) under the same faults.  Each case knows which outcomes the SPEC allows: the upstream's
+  own response (status, headers in order, body byte for byte, or a preset's verdict on it, or
+  `stream-error`'s on a stream),
   a 502 problem+json with `Proxy-Status: tunnelguard; error=http_protocol_error`, or an
   aborted client connection, the last only once a valid head was followed by a broken body.
   The proxy must never hang, must survive, must log each request once and print no
@@ -142,6 +144,24 @@ TUNNELLED_BODIES = (  # errors the route's presets recognise
     b'[{"ok": false, "error": "invalid_auth"}, {"ok": true}]',
     b'\xef\xbb\xbf{"error": "Service temporarily unavailable"}',
 )
+# SPEC 5.1: event streams held for their first event, judged, then relayed byte for byte
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
+SSE_BODIES = (
+    b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+    b'"message": "Overloaded"}}\n\n',
+    b'data: {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}\n\n'
+    b"data: [DONE]\n\n",
+    b': keep-alive\r\n\r\ndata: {"delta": "hi"}\r\n\r\nevent: error\r\ndata: busy\r\n\r\n',
+    b'\xef\xbb\xbfdata: {"ok": false,\rdata:  "error": "ratelimited"}\r\rdata: x\r\r',
+    b"event: error\ndata: Service Unavailable\n\n",
+    b'data: {"delta": "a"}\n\ndata: {"delta": "b"}\n\n',
+    b"event: error\ndata: " + b"x" * 3000 + b"\n\n",  # an event past the bound: unjudged
+)
+NDJSON_BODIES = (
+    b'{"error": "model not found"}\n{"done": true}\n',
+    b'\n{"message": {"content": "hi"}}\n{"error": "timed out"}\n',
+    b'{"ok": false, "error": "invalid_auth"}\r\n',
+)
 JSON_BODIES = (
     b'{"ok": true}',
     b'{"data": {"user": {"id": 1}}}',
@@ -265,8 +285,8 @@ def _chunked(draw: st.DrawFn, body: bytes) -> tuple[bytes, int]:
 
 # Which kind of damage a case gets: one family (so every family is well covered), none, or
 # a few at once.  Hypothesis' own choices are not uniform, so the mix is set here.
-FAMILIES = ("clean", "clean", "tunnelled", "tunnelled", "status line", "header", "length",
-            "chunked", "coding", "truncate", "head extras", "reset", "mixed")  # fmt: skip
+FAMILIES = ("clean", "clean", "tunnelled", "tunnelled", "stream", "status line", "header",
+            "length", "chunked", "coding", "truncate", "head extras", "reset", "mixed")  # fmt: skip
 
 
 @st.composite
@@ -287,6 +307,12 @@ def wires(draw: st.DrawFn) -> Wire:
         status = draw(st.sampled_from((200, 201, 299)))
         ctype = draw(st.sampled_from(JSON_TYPES))
         payload = draw(st.sampled_from(TUNNELLED_BODIES))
+        bodiless = False
+    if family == "stream" or (family == "mixed" and draw(st.integers(0, 2)) == 0):
+        status = draw(st.sampled_from((200, 201, 299, 200, 500)))
+        ctype = draw(st.sampled_from(STREAM_TYPES))
+        sse = ctype == "text/event-stream"
+        payload = draw(st.sampled_from(SSE_BODIES if sse else NDJSON_BODIES))
         bodiless = False
 
     # -- content coding: the proxy forwards the coded bytes untouched (SPEC 5) ---------------
@@ -694,13 +720,26 @@ def _problem_errors(seen: Seen) -> list[str]:
     return errors
 
 
+# an event stream's first event may also be judged by the built-in `stream-error` (SPEC 5.1)
+_JUDGES = {t: (*PRESET_NAMES, "stream-error") for t in STREAM_TYPES}
+
+
+def _media(wire: Wire) -> str:
+    """The media type the upstream declared, lower-cased, without parameters."""
+    for line in wire.data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-type":
+            return value.split(b";")[0].strip().lower().decode("latin-1")
+    return ""
+
+
 def _delivered_errors(wire: Wire, seen: Seen) -> list[str]:
     errors = []
     rule = seen.header("Tunnelguard-Rule")
     if rule is None:
         if seen.status != wire.status:
             errors.append(f"status {seen.status}, the upstream sent {wire.status}")
-    elif rule not in PRESET_NAMES or not 200 <= wire.status <= 299:
+    elif rule not in _JUDGES.get(_media(wire), PRESET_NAMES) or not 200 <= wire.status <= 299:
         errors.append(f"Tunnelguard-Rule {rule!r} on an upstream {wire.status}")
     elif seen.header("Tunnelguard-Status") is None:  # rewritten: RFC 9209 names the original
         expected = f'tunnelguard; received-status={wire.status}; details="rule {rule}"'
@@ -733,6 +772,8 @@ def test_malformed_upstream_responses(upstream_fuzz: UpstreamFuzz) -> None:
         case, seen = fuzz.exchange(wire)
         problems = judge(wire, seen, case in fuzz.upstream.served)
         fuzz.stats[f"head {wire.head}, body {wire.body} -> {_outcome(seen)}"] += 1
+        if _media(wire) in STREAM_TYPES:
+            fuzz.stats[f"event stream -> {_outcome(seen)}"] += 1
         fuzz.stats.update(f"fault: {fault.split(' at ')[0]}" for fault in wire.faults)
         assert proxy.proc.poll() is None, f"the proxy died: {proxy.err.read_text()[-2000:]}"
         assert not problems, (
