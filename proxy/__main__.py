@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.config.errors import ConfigError
-from proxy.config.load import load_default, load_file, parse_text
+from proxy.config.load import default_text, load_default, load_file, parse_text
 from proxy.config.model import Config, Listen
 from proxy.observe.logs import Log
 
@@ -290,12 +290,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     given = sum(bool(x) for x in (args.admin, args.har, args.bodies))
     if given != 1:
         return fail("give exactly one source: --admin URL, --har FILE or BODY_FILE...")
-    try:
-        text = Path(args.config).read_text(encoding="utf-8") if args.config else sg.default_text()
+    try:  # read once: the same text is parsed here and edited by `merged`
+        text = Path(args.config).read_text(encoding="utf-8") if args.config else default_text()
     except (OSError, UnicodeDecodeError) as exc:
         return fail(f"cannot read {args.config}: {getattr(exc, 'strerror', None) or exc}")
     try:
-        config = load_file(args.config) if args.config else parse_text(text, "default.yaml")
+        config = parse_text(text, args.config or "default.yaml")
     except ConfigError as errors:
         _report(errors)
         return EXIT_USAGE
@@ -342,7 +342,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             return fail(f"cannot write {args.output}: {exc.strerror or exc}")
     else:
         sys.stdout.write(out)
-    shapes = sum(len(s.shapes) for s in found)
+    shapes = len({shape for s in found for shape in s.shapes})  # keyword rules share theirs
     where = f" written to {args.output}" if args.output else ""
     print(
         f"tunnelguard suggest: {len(found)} rule(s) from {shapes} shape(s){where}; they "

@@ -45,7 +45,11 @@ def load_file(path: str | Path, upstream_url: str | None = None) -> Config:
     return parse_text(text, name, upstream_url)
 
 
+def default_text() -> str:
+    """The embedded default's YAML, as shipped (`tunnelguard suggest` edits a copy)."""
+    return DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
+
+
 def load_default(upstream_url: str) -> Config:
     """The embedded default (SPEC section 3) in front of `upstream_url`."""
-    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
-    return parse_text(text, "default.yaml", upstream_url)
+    return parse_text(default_text(), "default.yaml", upstream_url)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.config.load import DEFAULT_CONFIG_PATH
 from proxy.config.model import Config
 from proxy.rules import inspection as ins
 from proxy.rules.catalogue import ShapeCatalogue
@@ -131,7 +130,7 @@ def catalogue_of(config: Config, samples: Iterable[tuple[str | None, Sample]]) -
     policy = runtime.inspect
     now = time.time()
     for name, sample in samples:
-        route = routes.get(name) if name is not None else runtime.route_for(*_where(sample))
+        route = runtime.route_for(sample.host, sample.path) if name is None else routes.get(name)
         if route is None or not route.rules or not policy.wants_status("GET", sample.status):
             continue
         mtype = ins.media_type(sample.content_type)
@@ -143,10 +142,6 @@ def catalogue_of(config: Config, samples: Iterable[tuple[str | None, Sample]]) -
     return catalogue.snapshot()
 
 
-def _where(sample: Sample) -> tuple[str, str]:
-    return sample.host, sample.path
-
-
 def _suspect(route: Route, policy: ins.InspectPolicy, sample: Sample, mtype: str) -> Suspect | None:
     """The body's suspect shape when no rule of its route matched it (as when serving;
     detection runs here even where a route turned discovery off: it was asked for)."""
@@ -156,10 +151,6 @@ def _suspect(route: Route, policy: ins.InspectPolicy, sample: Sample, mtype: str
         fallback_retry_after=route.fallback_retry_after, trace_id="0" * 32, discover=True,
     )  # fmt: skip
     return decision.suspect
-
-
-def default_text() -> str:
-    return DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
 
 
 def read_bodies(paths: Sequence[str]) -> Iterator[Sample]:

@@ -81,6 +81,20 @@ def test_a_route_that_forces_rewrite_is_named(tmp_path: Path) -> None:
     assert plain.returncode == 0 and "overrides" not in plain.stderr
 
 
+def test_a_lone_message_gets_its_keyword_rule_and_its_shape_is_counted_once(
+    tmp_path: Path,
+) -> None:
+    lambda_timeout = tmp_path / "lambda.json"  # AWS Lambda's error under a 200
+    lambda_timeout.write_text('{"errorMessage": "Task timed out after 3.00 seconds"}')
+    out = tmp_path / "out.yaml"
+    done = suggest(str(lambda_timeout), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "2 rule(s) from 1 shape(s)" in done.stderr
+    rule, status = judge(out.read_text(), {"errorMessage": "Task timed out"})
+    assert rule is not None and rule.startswith("shape-") and rule.endswith("-504")
+    assert status == "504"
+
+
 def test_stdin_and_stdout(tmp_path: Path) -> None:
     done = suggest("-", stdin=b'{"Response": {"Error": {"Code": "AuthFailure", "Message": "m"}}}')
     assert done.returncode == 0, done.stderr

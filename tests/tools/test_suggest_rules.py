@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config.load import parse_text
+from proxy.config.load import default_text, parse_text
 from proxy.config.model import TestResponse as Response
 from proxy.rules.ruletests import simulate
 from proxy.rules.snapshot import build
@@ -85,7 +85,7 @@ def judge(text: str, body: object, route: str = "default") -> tuple[str | None, 
 @pytest.fixture(scope="module")
 def suggested() -> str:
     found = sr.suggestions(SNAPSHOT, ["default"])
-    return sr.merged(sg.default_text(), found, "a test")
+    return sr.merged(default_text(), found, "a test")
 
 
 def test_one_rule_per_set_of_markers_most_seen_first() -> None:
@@ -205,7 +205,7 @@ def test_the_discovery_corpora_through_suggested_rules() -> None:
     found = sr.suggestions(snapshot, ["default"])
     covered = {shape for s in found for shape in s.shapes}
     assert covered == {shape["id"] for shape in snapshot["routes"]["default"]}
-    text = sr.merged(sg.default_text(), found, "corpus")
+    text = sr.merged(default_text(), found, "corpus")
     assert sr.verify(text, "corpus.yaml") == []
     for entry in discovery.tunnelled():
         suspect = detect(entry.body)
@@ -213,7 +213,7 @@ def test_the_discovery_corpora_through_suggested_rules() -> None:
         rule, status = judge(text, entry.body)
         assert rule is not None and rule.startswith(sr.RULE_PREFIX), entry.api
         assert status is not None and int(status) // 100 == suspect.status // 100, entry.api
-    default = sg.default_text()
+    default = default_text()
     others = [e.body for e in discovery.clean()]
     for entry in corpus.entries():  # issue 17's, errors included (not its invalid JSON)
         with contextlib.suppress(ValueError):
