@@ -32,7 +32,12 @@ from typing import Any
 
 from proxy.config.errors import ConfigError
 from proxy.config.load import parse_text
-from proxy.rules.presets import FALLBACK_STATUS, KEYWORD_ROWS
+from proxy.rules.presets import (
+    FALLBACK_STATUS,
+    KEYWORD_ROWS,
+    LIFECYCLE_KEYS,
+    RESOURCE_IDENTITY_KEYS,
+)
 from proxy.rules.ruletests import failure_report
 from proxy.rules.suspect import (
     FAILED_WORDS,
@@ -44,9 +49,10 @@ from proxy.wire.pointer import escape_token
 
 RULE_PREFIX = "shape-"  # a suggested rule is named after its first shape: shape-3f9a1c2e
 MAX_TESTS = 32  # value tests per rule (the catalogue keeps at most 32 values per marker)
-# SPEC 4.4: keys naming the resource a body describes (its `*Arn` / `*_arn` keys have no
-# pointer form; the detector still never calls such a body suspect)
-RESOURCE_KEYS = ("id", "uid", "uuid", "sid", "object", "arn", "done", "conclusion")
+# SPEC 4.4: the top-level keys that make a body a resource that describes a failure, as the
+# presets read them (`presets.resource_key`); its `*Arn` / `*_arn` keys have no pointer form
+# (the detector still never calls such a body suspect)
+RESOURCE_KEYS = (*sorted(RESOURCE_IDENTITY_KEYS), *sorted(LIFECYCLE_KEYS))
 _FAILED = "(?i)^(" + "|".join(sorted(FAILED_WORDS)) + ")$"
 _SUCCESS = "(?i)^(" + "|".join(sorted(SUCCESS_TEXT)) + ")$"
 _HTTP_ERRORS = list(range(400, 600))

@@ -156,6 +156,7 @@ def test_the_output_passes_check_and_keeps_the_default(suggested: str) -> None:
         # a resource that describes a failure is not a tunnelled error (SPEC 3, 4.4)
         ({"id": "job-1", "errcode": 40001}, None, None),
         ({"done": True, "meta": {"code": 500}}, None, None),
+        ({"createTime": "2026-12-06T10:01:02Z", "errcode": 40001}, None, None),  # lifecycle
         # the presets still come after: a Slack error is theirs
         ({"ok": False, "error": "invalid_auth"}, "slack", None),
     ],
