@@ -53,26 +53,6 @@ class Event:
     end: int
 
 
-def _line_end(buf: bytes, pos: int) -> tuple[int, int, bool] | None:
-    """The line of `buf` starting at `pos`, when its end arrived: (the index of its CR or
-    LF, where the next line starts, whether an LF may still come with the next chunk: a CR
-    that ends `buf` and may be the first half of a CRLF).  None: no line end yet."""
-    cr = buf.find(b"\r", pos)
-    lf = buf.find(b"\n", pos)
-    if cr < 0 and lf < 0:
-        return None
-    end = lf if cr < 0 or (0 <= lf < cr) else cr
-    following = end + 1
-    pending_lf = False
-    if buf[end] == _CR:
-        if following < len(buf):
-            if buf[following] == _LF:
-                following += 1
-        else:
-            pending_lf = True
-    return end, following, pending_lf
-
-
 class _Lines:
     """What both readers keep of a stream between chunks: the line in progress, its offset,
     the BOM and CRLF state, and the event being assembled (SSE `event` and `data`)."""
@@ -112,6 +92,25 @@ class _Lines:
             if buf[start : start + 1] == b"\n":
                 start += 1
         return buf, start
+
+    def _line_end(self, buf: bytes, pos: int) -> tuple[int, int] | None:
+        """The line of `buf` starting at `pos`, when its end arrived: (the index of its CR
+        or LF, where the next line starts).  A CR that ends `buf` may be the first half of a
+        CRLF: the LF, if any, comes with the next chunk and is skipped there.  None: no line
+        end yet."""
+        cr = buf.find(b"\r", pos)
+        lf = buf.find(b"\n", pos)
+        if cr < 0 and lf < 0:
+            return None
+        end = lf if cr < 0 or (0 <= lf < cr) else cr
+        following = end + 1
+        if buf[end] == _CR:
+            if following < len(buf):
+                if buf[following] == _LF:
+                    following += 1
+            else:
+                self._skip_lf = True
+        return end, following
 
     def _field(self, line: bytes) -> None:
         """An SSE line that is not blank: a comment, or a field (`data` appended with an LF,
@@ -165,12 +164,10 @@ class FirstEvent(_Lines):
         """Handle every complete line of `buf` from `pos`; keep the rest."""
         at = self._at
         while pos < len(buf):
-            found = _line_end(buf, pos)
+            found = self._line_end(buf, pos)
             if found is None:
                 break
-            end, following, pending_lf = found
-            if pending_lf:
-                self._skip_lf = True  # the LF, if any, comes with the next chunk
+            end, following = found
             # the event ends with its line's CR or LF: an LF after a CR may not have come
             # yet, and waiting for it would hold a CR-terminated event back
             if at + end + 1 > self._limit:
@@ -228,12 +225,10 @@ class EventScanner(_Lines):
         events: list[Event] = []
         at = self._at
         while pos < len(buf):
-            found = _line_end(buf, pos)
+            found = self._line_end(buf, pos)
             if found is None:
                 break
-            end, following, pending_lf = found
-            if pending_lf:
-                self._skip_lf = True
+            end, following = found
             event = self._line(buf[pos:end], at + end + 1)
             if event is not None:
                 events.append(event)
