@@ -1,6 +1,6 @@
 """`GET /shapes` over the workers of `--workers N` (SPEC 2, 10): each worker writes its
 catalogue's snapshot to a file of its own in the directory the master already reads the
-workers' metrics from (`workers.MULTIPROC_ENV`), at most every `WRITE_INTERVAL` seconds
+workers' metrics from (`MULTIPROC_ENV`), at most every `WRITE_INTERVAL` seconds
 while it changes and once more when the worker stops; the master merges every file it
 finds (`catalogue.merge_snapshots`) when /shapes is asked for.
 
@@ -25,14 +25,16 @@ from proxy.rules.catalogue import ShapeCatalogue, merge_snapshots
 
 WRITE_INTERVAL: Final = 0.25
 """Seconds between a worker's looks at its catalogue (written only when it changed)."""
-_DIRECTORY_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # = workers.MULTIPROC_ENV (a test holds it)
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess directory: where `--workers N` workers write their
+metrics files (`workers` sets it) and their shapes files (here)."""
 _PREFIX: Final = "shapes_"
 
 
 def shapes_directory() -> str | None:
     """The directory a `--workers N` worker writes its shapes to (None: not a worker of a
     master, or no directory)."""
-    return os.environ.get(_DIRECTORY_ENV) or None
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def write_snapshot(directory: str, pid: int, catalogue: ShapeCatalogue) -> None:

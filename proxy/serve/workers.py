@@ -31,9 +31,8 @@ from typing import Any
 from proxy.config.model import Config, Listen
 from proxy.observe.logs import Log
 from proxy.serve.reload import Loader, carry_over, try_load, watch
-from proxy.serve.shapes import merged_shapes
+from proxy.serve.shapes import MULTIPROC_ENV, merged_shapes
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_FD_FLAG = "--worker-fd"
 _RESTART_PAUSE = 1.0  # seconds between restarts of a crashing worker: no fork storm
 # Per listening socket, as the single-process listener's: the connections that wait while

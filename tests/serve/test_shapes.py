@@ -32,7 +32,6 @@ def _found(**doc: object) -> Suspect:
 def test_the_directory_is_the_one_the_master_reads_metrics_from(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert shapes._DIRECTORY_ENV == workers.MULTIPROC_ENV
     monkeypatch.delenv(workers.MULTIPROC_ENV, raising=False)
     assert shapes.shapes_directory() is None
     monkeypatch.setenv(workers.MULTIPROC_ENV, "/tmp/x")
